@@ -1,0 +1,19 @@
+//! webhookd's domain logic, free of I/O: the action catalog, the event contract, Label Studio bodies,
+//! subscription matching, Standard Webhooks signatures and the retry policy.
+
+pub mod actions;
+pub mod body;
+pub mod endpoint_health;
+pub mod event;
+pub mod ids;
+pub mod python_json;
+pub mod retry_policy;
+pub mod signature;
+pub mod subscription;
+
+pub use actions::{ActionSpec, Catalog};
+pub use event::{Event, EventError};
+pub use ids::{DeliveryId, EventId};
+pub use retry_policy::{AttemptResult, RetryPolicy, Verdict};
+pub use signature::SigningSecret;
+pub use subscription::{Subscription, SubscriptionIndex};

@@ -1,0 +1,172 @@
+//! The delivery log: one row per attempt, written in batches together with the webhooks' failure counters.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Client;
+use uuid::Uuid;
+use webhookd_core::endpoint_health::{summarize, HealthSignal};
+
+use crate::StoreError;
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Delivered (2xx).
+    Succeeded,
+    /// Failed; another attempt is scheduled.
+    Failed,
+    /// Failed for good: the dead-letter state.
+    Dead,
+}
+
+impl Outcome {
+    /// The name stored in the log and shown by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::Dead => "dead",
+        }
+    }
+}
+
+/// One attempt, as logged.
+#[derive(Debug, Clone)]
+pub struct AttemptRow {
+    /// The delivery (the `webhook-id` header).
+    pub delivery_id: Uuid,
+    /// The event.
+    pub event_id: Uuid,
+    /// The webhook.
+    pub webhook_id: i64,
+    /// The webhook's organization.
+    pub organization: i64,
+    /// The action.
+    pub action: String,
+    /// The batch of the event.
+    pub chunk: i32,
+    /// Attempt number, 1 = first.
+    pub attempt: i32,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The response status, if any.
+    pub http_status: Option<i16>,
+    /// How long it took.
+    pub duration_ms: i32,
+    /// What went wrong, if anything.
+    pub error: Option<String>,
+    /// The start of the response body.
+    pub response_excerpt: Option<String>,
+    /// When the next attempt is due, for `Failed`.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// What the attempt says of the webhook's health; `None` if no request was made.
+    pub health: Option<HealthSignal>,
+}
+
+/// Webhooks turned off by a batch: after a 410, or after too many consecutive failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Disabled {
+    /// The webhook.
+    pub webhook_id: i64,
+    /// Its consecutive failures after the batch.
+    pub consecutive_failures: i32,
+}
+
+/// Writes `rows` and updates the webhooks' `consecutive_failures` (turning off those that reach
+/// `max_consecutive_failures` when it is positive, and those that answered 410) in one transaction.
+pub async fn write_attempts(
+    client: &mut Client,
+    rows: &[AttemptRow],
+    max_consecutive_failures: i32,
+) -> Result<Vec<Disabled>, StoreError> {
+    let tx = client.transaction().await?;
+    let col = |f: &dyn Fn(&AttemptRow) -> Uuid| rows.iter().map(f).collect::<Vec<Uuid>>();
+    let delivery_ids = col(&|r| r.delivery_id);
+    let event_ids = col(&|r| r.event_id);
+    let webhook_ids: Vec<i64> = rows.iter().map(|r| r.webhook_id).collect();
+    let orgs: Vec<i64> = rows.iter().map(|r| r.organization).collect();
+    let actions: Vec<&str> = rows.iter().map(|r| r.action.as_str()).collect();
+    let chunks: Vec<i32> = rows.iter().map(|r| r.chunk).collect();
+    let attempts: Vec<i32> = rows.iter().map(|r| r.attempt).collect();
+    let outcomes: Vec<&str> = rows.iter().map(|r| r.outcome.as_str()).collect();
+    let statuses: Vec<Option<i16>> = rows.iter().map(|r| r.http_status).collect();
+    let durations: Vec<i32> = rows.iter().map(|r| r.duration_ms).collect();
+    let errors: Vec<Option<&str>> = rows.iter().map(|r| r.error.as_deref()).collect();
+    let excerpts: Vec<Option<&str>> = rows.iter().map(|r| r.response_excerpt.as_deref()).collect();
+    let next: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.next_attempt_at).collect();
+    let insert = tx
+        .prepare_cached(
+            "INSERT INTO delivery_attempts (delivery_id, event_id, webhook_id, organization, action, chunk,
+                 attempt, outcome, http_status, duration_ms, error, response_excerpt, next_attempt_at)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::int8[], $5::text[], $6::int4[],
+                 $7::int4[], $8::text[], $9::int2[], $10::int4[], $11::text[], $12::text[], $13::timestamptz[])",
+        )
+        .await?;
+    tx.execute(
+        &insert,
+        &[
+            &delivery_ids,
+            &event_ids,
+            &webhook_ids,
+            &orgs,
+            &actions,
+            &chunks,
+            &attempts,
+            &outcomes,
+            &statuses,
+            &durations,
+            &errors,
+            &excerpts,
+            &next,
+        ],
+    )
+    .await?;
+
+    let changes = summarize(
+        rows.iter()
+            .filter_map(|r| r.health.map(|h| (r.webhook_id, h))),
+    );
+    let mut disabled = Vec::new();
+    if !changes.is_empty() {
+        let ids: Vec<i64> = changes.iter().map(|c| c.webhook_id).collect();
+        let resets: Vec<bool> = changes.iter().map(|c| c.reset).collect();
+        let failures: Vec<i32> = changes.iter().map(|c| c.failures).collect();
+        let gones: Vec<bool> = changes.iter().map(|c| c.gone).collect();
+        let update = tx
+            .prepare_cached(
+                "WITH u AS (
+                     SELECT * FROM unnest($1::int8[], $2::bool[], $3::int4[], $4::bool[])
+                              AS u(id, reset, failures, gone)
+                 ), n AS (
+                     SELECT u.*, CASE WHEN u.reset THEN u.failures
+                                      ELSE w.consecutive_failures + u.failures END AS counter,
+                            w.is_active AS was_active
+                       FROM u JOIN webhooks w ON w.id = u.id
+                      WHERE u.failures > 0 OR u.gone OR w.consecutive_failures <> 0
+                 )
+                 UPDATE webhooks w
+                    SET consecutive_failures = n.counter,
+                        is_active = w.is_active AND NOT n.gone AND NOT ($5::int4 > 0 AND n.counter >= $5)
+                   FROM n
+                  WHERE w.id = n.id
+              RETURNING w.id, w.consecutive_failures, w.is_active, n.was_active",
+            )
+            .await?;
+        let updated = tx
+            .query(
+                &update,
+                &[&ids, &resets, &failures, &gones, &max_consecutive_failures],
+            )
+            .await?;
+        for row in updated {
+            let (is_active, was_active): (bool, bool) = (row.get(2), row.get(3));
+            if was_active && !is_active {
+                disabled.push(Disabled {
+                    webhook_id: row.get(0),
+                    consecutive_failures: row.get(1),
+                });
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(disabled)
+}

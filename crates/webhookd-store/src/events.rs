@@ -1,0 +1,105 @@
+//! Events: claimed (stored) before delivery so that a re-published event is delivered once, and read back
+//! for retries and redeliveries.
+
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+use crate::StoreError;
+
+/// An event to store.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// The id to give it if it is new.
+    pub id: Uuid,
+    /// Organization.
+    pub organization: i64,
+    /// Project id, if scoped to one.
+    pub project: Option<i64>,
+    /// Action name.
+    pub action: String,
+    /// The producer's id, which makes a re-publish a duplicate.
+    pub producer_id: Option<String>,
+    /// The envelope, as JSON text.
+    pub body: String,
+}
+
+/// The outcome of claiming one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// The event's id: the new one, or the one stored when the producer id was first seen.
+    pub event_id: Uuid,
+    /// Whether this claim stored it (false: the producer id was already known).
+    pub fresh: bool,
+}
+
+/// Stores a batch of events in one statement; returns one claim per event, in order.
+pub async fn claim_events(
+    client: &impl GenericClient,
+    events: &[NewEvent],
+) -> Result<Vec<Claim>, StoreError> {
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    let orgs: Vec<i64> = events.iter().map(|e| e.organization).collect();
+    let projects: Vec<Option<i64>> = events.iter().map(|e| e.project).collect();
+    let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+    let producer_ids: Vec<Option<&str>> = events.iter().map(|e| e.producer_id.as_deref()).collect();
+    let bodies: Vec<&str> = events.iter().map(|e| e.body.as_str()).collect();
+    let inserted = client
+        .query(
+            "INSERT INTO events (id, organization, project, action, producer_id, body)
+             SELECT u.id, u.organization, u.project, u.action, u.producer_id, u.body::json
+               FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::text[])
+                    AS u(id, organization, project, action, producer_id, body)
+             ON CONFLICT (organization, producer_id) WHERE producer_id IS NOT NULL DO NOTHING
+             RETURNING id",
+            &[&ids, &orgs, &projects, &actions, &producer_ids, &bodies],
+        )
+        .await?;
+    let fresh: std::collections::HashSet<Uuid> =
+        inserted.iter().map(|r| r.get::<_, Uuid>(0)).collect();
+    let mut claims: Vec<Claim> = ids
+        .iter()
+        .map(|&id| Claim {
+            event_id: id,
+            fresh: fresh.contains(&id),
+        })
+        .collect();
+    let conflicted: Vec<usize> = (0..events.len()).filter(|&i| !claims[i].fresh).collect();
+    if !conflicted.is_empty() {
+        let c_orgs: Vec<i64> = conflicted.iter().map(|&i| events[i].organization).collect();
+        let c_pids: Vec<&str> = conflicted
+            .iter()
+            .map(|&i| events[i].producer_id.as_deref().unwrap_or_default())
+            .collect();
+        let rows = client
+            .query(
+                "SELECT e.id, e.organization, e.producer_id
+                   FROM events e
+                   JOIN unnest($1::int8[], $2::text[]) AS u(organization, producer_id)
+                     ON e.organization = u.organization AND e.producer_id = u.producer_id",
+                &[&c_orgs, &c_pids],
+            )
+            .await?;
+        for row in rows {
+            let (id, org, pid): (Uuid, i64, String) = (row.get(0), row.get(1), row.get(2));
+            for &i in &conflicted {
+                if events[i].organization == org
+                    && events[i].producer_id.as_deref() == Some(pid.as_str())
+                {
+                    claims[i].event_id = id;
+                }
+            }
+        }
+    }
+    Ok(claims)
+}
+
+/// The stored envelope of event `id`, as JSON text.
+pub async fn load_event_body(
+    client: &impl GenericClient,
+    id: Uuid,
+) -> Result<Option<String>, StoreError> {
+    let row = client
+        .query_opt("SELECT body::text FROM events WHERE id = $1", &[&id])
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}

@@ -1,0 +1,107 @@
+//! Group commits: many concurrent handlers hand rows to one task that writes them in a single round trip.
+//! A failed write is retried with backoff until it succeeds, so a caller's rows are never dropped and a
+//! database outage stalls the handlers (nothing gets acked) instead of spinning.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backoff::backoff::Backoff;
+use backoff::ExponentialBackoffBuilder;
+use tokio::sync::{mpsc, oneshot};
+use webhookd_store::StoreError;
+
+/// One kind of batched write.
+pub trait Flush: Send + Sync + 'static {
+    /// What a caller submits.
+    type Req: Send + 'static;
+    /// What each caller gets back.
+    type Resp: Send + 'static;
+    /// Writes `batch` in one go; returns one response per request, in order.
+    fn flush(
+        &self,
+        batch: &[Self::Req],
+    ) -> impl Future<Output = Result<Vec<Self::Resp>, StoreError>> + Send;
+}
+
+/// The batching task has stopped (the worker is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("the {0} writer has stopped")]
+pub struct Stopped(&'static str);
+
+/// A handle to submit requests to a batching task.
+pub struct Batcher<F: Flush> {
+    name: &'static str,
+    tx: mpsc::Sender<(F::Req, oneshot::Sender<F::Resp>)>,
+}
+
+impl<F: Flush> Clone for Batcher<F> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name,
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<F: Flush> Batcher<F> {
+    /// Starts the task; it writes up to `max_batch` requests at a time and stops once every handle is gone.
+    pub fn spawn(name: &'static str, flusher: F, max_batch: usize) -> Self {
+        let (tx, rx) = mpsc::channel(max_batch * 4);
+        tokio::spawn(run(name, Arc::new(flusher), rx, max_batch));
+        Self { name, tx }
+    }
+
+    /// Submits one request and waits until it is written.
+    pub async fn submit(&self, req: F::Req) -> Result<F::Resp, Stopped> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send((req, done))
+            .await
+            .map_err(|_| Stopped(self.name))?;
+        wait.await.map_err(|_| Stopped(self.name))
+    }
+}
+
+async fn run<F: Flush>(
+    name: &'static str,
+    flusher: Arc<F>,
+    mut rx: mpsc::Receiver<(F::Req, oneshot::Sender<F::Resp>)>,
+    max_batch: usize,
+) {
+    let mut reqs = Vec::with_capacity(max_batch);
+    let mut waiters = Vec::with_capacity(max_batch);
+    while let Some((req, done)) = rx.recv().await {
+        reqs.push(req);
+        waiters.push(done);
+        while reqs.len() < max_batch {
+            match rx.try_recv() {
+                Ok((req, done)) => {
+                    reqs.push(req);
+                    waiters.push(done);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut backoff = ExponentialBackoffBuilder::new()
+            .with_initial_interval(Duration::from_millis(100))
+            .with_max_interval(Duration::from_secs(5))
+            .with_max_elapsed_time(None)
+            .build();
+        let resps = loop {
+            match flusher.flush(&reqs).await {
+                Ok(resps) => break resps,
+                Err(e) => {
+                    let wait = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(writer = name, error = %e, retry_in_ms = wait.as_millis() as u64,
+                        "database write failed; retrying (nothing is acknowledged meanwhile)");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        };
+        for (done, resp) in waiters.drain(..).zip(resps) {
+            let _ = done.send(resp);
+        }
+        reqs.clear();
+    }
+}

@@ -1,0 +1,14 @@
+//! The webhookd worker: consumes action events from RabbitMQ, fans them out to the subscribed webhooks as
+//! signed Label Studio-compatible POSTs, retries failures through the broker's delay ladder, and records
+//! every attempt in PostgreSQL.
+
+pub mod batcher;
+pub mod dispatch;
+pub mod pipeline;
+pub mod settings;
+pub mod subscriptions;
+pub mod worker;
+
+pub use settings::WorkerSettings;
+pub use subscriptions::SubscriptionCache;
+pub use worker::{Worker, WorkerError};

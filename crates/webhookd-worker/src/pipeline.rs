@@ -1,0 +1,417 @@
+//! The delivery path, top to bottom: AMQP message → event → subscribers → signed POSTs → verdicts →
+//! log rows and retry tasks → ack. A message is acknowledged only after its log rows are committed and
+//! its retry tasks confirmed by the broker; anything less and it is redelivered.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use webhookd_broker::{ConfirmedPublisher, PublishError, RetryTask, Topology};
+use webhookd_core::body::{self, EventBodies};
+use webhookd_core::endpoint_health::HealthSignal;
+use webhookd_core::{AttemptResult, DeliveryId, Event, EventId, Subscription, Verdict};
+use webhookd_store::delivery_log::{AttemptRow, Outcome};
+use webhookd_store::events::NewEvent;
+
+use crate::batcher::Stopped;
+use crate::dispatch::{Attempt, AttemptReport};
+use crate::worker::Shared;
+
+/// Why a message could not be finished; it is left for redelivery.
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// Publishing a retry task or a dead letter failed.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// The worker is shutting down.
+    #[error(transparent)]
+    Stopped(#[from] Stopped),
+}
+
+/// Handles one message from the work queue and acknowledges it when done.
+pub async fn handle_event(shared: Arc<Shared>, publisher: ConfirmedPublisher, delivery: Delivery) {
+    let result = process_event(&shared, &publisher, &delivery).await;
+    settle(delivery, result).await;
+}
+
+/// Handles one retry task from the retry queue and acknowledges it when done.
+pub async fn handle_retry(shared: Arc<Shared>, publisher: ConfirmedPublisher, delivery: Delivery) {
+    let result = process_retry(&shared, &publisher, &delivery).await;
+    settle(delivery, result).await;
+}
+
+async fn settle(delivery: Delivery, result: Result<(), HandleError>) {
+    let outcome = match result {
+        Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "message not finished; returning it to the queue");
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    if let Err(e) = outcome {
+        // The channel is gone; the broker redelivers the message to another consumer.
+        tracing::debug!(error = %e, "could not settle a message");
+    }
+}
+
+async fn process_event(
+    shared: &Shared,
+    publisher: &ConfirmedPublisher,
+    delivery: &Delivery,
+) -> Result<(), HandleError> {
+    let settings = &shared.settings;
+    let mut event = match Event::parse(&delivery.data, &settings.catalog) {
+        Ok(event) => event,
+        Err(reason) => {
+            return dead_letter(publisher, &settings.topology, delivery, &reason.to_string()).await;
+        }
+    };
+    if event.producer_id.is_none() {
+        // A producer that set only the AMQP message id still gets exactly-once on re-publish.
+        event.producer_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string());
+    }
+    let subscribers =
+        shared
+            .cache
+            .snapshot()
+            .matching(event.organization, event.project_id, &event.action);
+    if subscribers.is_empty() {
+        tracing::debug!(organization = event.organization, action = %event.action, "event has no subscriber");
+        return Ok(());
+    }
+    let claim = shared
+        .claims
+        .submit(NewEvent {
+            id: EventId::new().0,
+            organization: event.organization,
+            project: event.project_id,
+            action: event.action.clone(),
+            producer_id: event.producer_id.clone(),
+            body: event.to_envelope().to_string(),
+        })
+        .await?;
+    if !claim.fresh && !delivery.redelivered {
+        tracing::info!(event_id = %claim.event_id, producer_id = ?event.producer_id,
+            "event was published again; already delivered");
+        return Ok(());
+    }
+    let event_id = EventId(claim.event_id);
+    let bodies = build_bodies(shared, &event);
+    let mut attempts = Vec::with_capacity(subscribers.len() * bodies.len());
+    for webhook in &subscribers {
+        for chunk in 0..bodies.len() {
+            attempts.push(attempt(
+                shared, webhook, &event, event_id, chunk, 1, &bodies,
+            ));
+        }
+    }
+    let done = futures::future::join_all(attempts).await;
+    finish(shared, publisher, done).await
+}
+
+async fn process_retry(
+    shared: &Shared,
+    publisher: &ConfirmedPublisher,
+    delivery: &Delivery,
+) -> Result<(), HandleError> {
+    let settings = &shared.settings;
+    let task: RetryTask = match serde_json::from_slice(&delivery.data) {
+        Ok(task) => task,
+        Err(e) => {
+            let reason = format!("retry task is not valid: {e}");
+            return dead_letter(publisher, &settings.topology, delivery, &reason).await;
+        }
+    };
+    let remaining = Duration::from_millis((task.due_at_ms - now_ms()).max(0) as u64);
+    if let Some(rung) = settings.topology.rung_for(remaining) {
+        // Not due yet: one more step down the delay ladder.
+        let body = serde_json::to_vec(&task).unwrap_or_default();
+        let queue = settings.topology.delay_queue(rung);
+        publisher
+            .publish_json("", &queue, &body, None, None)
+            .await?;
+        return Ok(());
+    }
+    // Less than one ladder step left: wait it out here so that no attempt is ever early.
+    tokio::time::sleep(remaining).await;
+    let Some(stored) = shared.load_event(task.event_id).await? else {
+        let reason = format!("event {} is no longer stored", task.event_id);
+        return dead_letter(publisher, &settings.topology, delivery, &reason).await;
+    };
+    let event = match Event::parse(stored.as_bytes(), &settings.catalog) {
+        Ok(event) => event,
+        Err(e) => {
+            let reason = format!("stored event {} is no longer valid: {e}", task.event_id);
+            return dead_letter(publisher, &settings.topology, delivery, &reason).await;
+        }
+    };
+    let event_id = EventId(task.event_id);
+    let webhook = shared.cache.snapshot().get(task.webhook_id).cloned();
+    let done = match webhook {
+        Some(webhook) if webhook.is_active => {
+            let bodies = build_bodies(shared, &event);
+            let chunk = (task.chunk as usize).min(bodies.len() - 1);
+            vec![
+                attempt(
+                    shared,
+                    &webhook,
+                    &event,
+                    event_id,
+                    chunk,
+                    task.attempt,
+                    &bodies,
+                )
+                .await,
+            ]
+        }
+        Some(_) => vec![abandon(&event, event_id, &task, "webhook is inactive")],
+        None => vec![abandon(&event, event_id, &task, "webhook was deleted")],
+    };
+    finish(shared, publisher, done).await
+}
+
+fn build_bodies(shared: &Shared, event: &Event) -> Vec<(Bytes, Bytes)> {
+    let Some(spec) = shared.settings.catalog.get(&event.action) else {
+        return Vec::new();
+    };
+    let EventBodies {
+        chunks,
+        action_only,
+    } = body::build(event, spec, shared.settings.batch_size);
+    let action_only = Bytes::from(action_only);
+    chunks
+        .into_iter()
+        .map(|c| (Bytes::from(c), action_only.clone()))
+        .collect()
+}
+
+/// One attempt of one delivery, and what follows from it: its log row and, if it failed, its retry task.
+async fn attempt(
+    shared: &Shared,
+    webhook: &Subscription,
+    event: &Event,
+    event_id: EventId,
+    chunk: usize,
+    number: u32,
+    bodies: &[(Bytes, Bytes)],
+) -> (AttemptRow, Option<RetryTask>) {
+    let delivery_id = DeliveryId::derive(event_id, webhook.id, chunk as u32);
+    let (full, action_only) = &bodies[chunk];
+    let body = if webhook.send_payload {
+        full.clone()
+    } else {
+        action_only.clone()
+    };
+    let report = shared
+        .dispatcher
+        .send(Attempt {
+            webhook,
+            delivery_id,
+            event_id,
+            action: &event.action,
+            attempt: number,
+            body,
+        })
+        .await;
+    let verdict =
+        shared
+            .settings
+            .retry_policy
+            .decide(number, report.result, &mut rand::thread_rng());
+    let (outcome, retry) = match verdict {
+        Verdict::Succeeded => (Outcome::Succeeded, None),
+        Verdict::Retry(wait) => {
+            let due_at_ms = now_ms() + wait.as_millis() as i64;
+            let task = RetryTask {
+                event_id: event_id.0,
+                webhook_id: webhook.id,
+                chunk: chunk as u32,
+                attempt: number + 1,
+                due_at_ms,
+            };
+            (Outcome::Failed, Some(task))
+        }
+        Verdict::Dead | Verdict::Gone => (Outcome::Dead, None),
+    };
+    let health = match (verdict, report.result) {
+        (_, AttemptResult::Unsendable) => None,
+        (Verdict::Succeeded, _) => Some(HealthSignal::Success),
+        (Verdict::Gone, _) => Some(HealthSignal::Gone),
+        _ => Some(HealthSignal::Failure),
+    };
+    log_attempt(
+        webhook,
+        event,
+        event_id,
+        delivery_id,
+        number,
+        outcome,
+        &report,
+    );
+    let row = AttemptRow {
+        delivery_id: delivery_id.0,
+        event_id: event_id.0,
+        webhook_id: webhook.id,
+        organization: webhook.organization,
+        action: event.action.clone(),
+        chunk: chunk as i32,
+        attempt: number as i32,
+        outcome,
+        http_status: report.http_status.map(|s| s as i16),
+        duration_ms: report.duration.as_millis().min(i32::MAX as u128) as i32,
+        error: report.error,
+        response_excerpt: report.excerpt,
+        next_attempt_at: retry
+            .as_ref()
+            .and_then(|t| DateTime::<Utc>::from_timestamp_millis(t.due_at_ms)),
+        health,
+    };
+    (row, retry)
+}
+
+/// A pending retry that will not be made: logged as dead with the reason.
+fn abandon(
+    event: &Event,
+    event_id: EventId,
+    task: &RetryTask,
+    reason: &str,
+) -> (AttemptRow, Option<RetryTask>) {
+    let delivery_id = DeliveryId::derive(event_id, task.webhook_id, task.chunk);
+    tracing::info!(event_id = %event_id, delivery_id = %delivery_id, webhook_id = task.webhook_id,
+        organization = event.organization, project = event.project_id, action = %event.action,
+        attempt = task.attempt, outcome = "dead", error = reason, "delivery attempt");
+    let row = AttemptRow {
+        delivery_id: delivery_id.0,
+        event_id: event_id.0,
+        webhook_id: task.webhook_id,
+        organization: event.organization,
+        action: event.action.clone(),
+        chunk: task.chunk as i32,
+        attempt: task.attempt as i32,
+        outcome: Outcome::Dead,
+        http_status: None,
+        duration_ms: 0,
+        error: Some(reason.to_owned()),
+        response_excerpt: None,
+        next_attempt_at: None,
+        health: None,
+    };
+    (row, None)
+}
+
+fn log_attempt(
+    webhook: &Subscription,
+    event: &Event,
+    event_id: EventId,
+    delivery_id: DeliveryId,
+    attempt: u32,
+    outcome: Outcome,
+    report: &AttemptReport,
+) {
+    tracing::info!(
+        event_id = %event_id,
+        delivery_id = %delivery_id,
+        webhook_id = webhook.id,
+        organization = event.organization,
+        project = event.project_id,
+        action = %event.action,
+        attempt,
+        outcome = outcome.as_str(),
+        http_status = report.http_status,
+        duration_ms = report.duration.as_millis() as u64,
+        error = report.error.as_deref(),
+        "delivery attempt"
+    );
+}
+
+/// Commits the log rows and publishes the retry tasks (both must succeed before the ack).
+async fn finish(
+    shared: &Shared,
+    publisher: &ConfirmedPublisher,
+    done: Vec<(AttemptRow, Option<RetryTask>)>,
+) -> Result<(), HandleError> {
+    let (rows, retries): (Vec<AttemptRow>, Vec<Option<RetryTask>>) = done.into_iter().unzip();
+    let topology = &shared.settings.topology;
+    let publish = async {
+        for task in retries.into_iter().flatten() {
+            schedule(publisher, topology, &task).await?;
+        }
+        Ok::<(), HandleError>(())
+    };
+    let (written, published) = tokio::join!(shared.log.submit(rows), publish);
+    written?;
+    published
+}
+
+/// Puts a retry task on the delay ladder (or straight on the retry queue if it is due already).
+pub async fn schedule(
+    publisher: &ConfirmedPublisher,
+    topology: &Topology,
+    task: &RetryTask,
+) -> Result<(), HandleError> {
+    let remaining = Duration::from_millis((task.due_at_ms - now_ms()).max(0) as u64);
+    let queue = match topology.rung_for(remaining) {
+        Some(rung) => topology.delay_queue(rung),
+        None => topology.retry_queue(),
+    };
+    let body = serde_json::to_vec(task).unwrap_or_default();
+    publisher
+        .publish_json("", &queue, &body, None, None)
+        .await?;
+    Ok(())
+}
+
+/// Moves a message that can never be processed to the dead-letter queue, with the reason in a header.
+async fn dead_letter(
+    publisher: &ConfirmedPublisher,
+    topology: &Topology,
+    delivery: &Delivery,
+    reason: &str,
+) -> Result<(), HandleError> {
+    tracing::warn!(reason, routing_key = %delivery.routing_key, redelivered = delivery.redelivered,
+        "malformed message moved to the dead-letter queue");
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        "x-webhookd-reason".into(),
+        AMQPValue::LongString(reason.into()),
+    );
+    headers.insert(
+        "x-webhookd-routing-key".into(),
+        AMQPValue::LongString(delivery.routing_key.as_str().into()),
+    );
+    headers.insert(
+        "x-webhookd-dead-at".into(),
+        AMQPValue::LongString(Utc::now().to_rfc3339().into()),
+    );
+    publisher
+        .publish_json(
+            "",
+            &topology.dead_queue(),
+            &delivery.data,
+            None,
+            Some(FieldTable::from(headers)),
+        )
+        .await?;
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,36 @@
+//! What a worker needs to know: where the services are and how to deliver.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use webhookd_broker::Topology;
+use webhookd_core::{Catalog, RetryPolicy};
+
+/// Worker settings (built from the environment by the binary, or directly by tests and benchmarks).
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// `postgres://` URL.
+    pub database_url: String,
+    /// `amqp://` URL.
+    pub amqp_url: String,
+    /// Exchange and queue names.
+    pub topology: Topology,
+    /// Known actions.
+    pub catalog: Arc<Catalog>,
+    /// Instances per POST (`WEBHOOK_BATCH_SIZE`).
+    pub batch_size: usize,
+    /// Per-attempt timeout (`WEBHOOK_TIMEOUT`).
+    pub timeout: Duration,
+    /// Retry schedule and rules.
+    pub retry_policy: RetryPolicy,
+    /// Auto-disable threshold; ≤ 0 never disables (`WEBHOOK_MAX_CONSECUTIVE_FAILURES`).
+    pub max_consecutive_failures: i32,
+    /// Messages in flight per consumer (`WEBHOOKD_PREFETCH`).
+    pub prefetch: u16,
+    /// Bytes of each response kept in the log.
+    pub response_excerpt_bytes: usize,
+    /// Database connections.
+    pub pool_size: usize,
+    /// How long shutdown waits for in-flight deliveries.
+    pub shutdown_grace: Duration,
+}

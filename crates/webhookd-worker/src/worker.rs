@@ -1,0 +1,321 @@
+//! The worker loop: connect, declare the topology, consume events and retry tasks with a bounded prefetch,
+//! handle each message on its own task, reconnect with backoff, and drain in-flight work on shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backoff::backoff::Backoff;
+use backoff::ExponentialBackoffBuilder;
+use futures::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, Consumer};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+use webhookd_broker::{ConfirmedPublisher, PublishError};
+use webhookd_store::delivery_log::{self, AttemptRow};
+use webhookd_store::events::{self, Claim, NewEvent};
+use webhookd_store::{database, migrate, Pool, StoreError};
+
+use crate::batcher::{Batcher, Flush};
+use crate::dispatch::Dispatcher;
+use crate::pipeline::{handle_event, handle_retry};
+use crate::settings::WorkerSettings;
+use crate::subscriptions::{keep_current, SubscriptionCache};
+
+/// Rows per log write and events per claim.
+const MAX_BATCH: usize = 1000;
+
+/// Why the worker could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The broker failed.
+    #[error("broker error: {0}")]
+    Broker(#[from] lapin::Error),
+    /// A publish failed.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// The HTTP client could not be built.
+    #[error("HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    /// A consumer was cancelled or its stream ended.
+    #[error("the broker closed the {0} consumer")]
+    ConsumerClosed(&'static str),
+}
+
+/// What every message handler shares.
+pub struct Shared {
+    /// Settings.
+    pub settings: WorkerSettings,
+    /// Webhooks, in memory.
+    pub cache: SubscriptionCache,
+    /// Batched event claims.
+    pub claims: Batcher<ClaimWriter>,
+    /// Batched delivery-log writes.
+    pub log: Batcher<LogWriter>,
+    /// The HTTP client.
+    pub dispatcher: Dispatcher,
+    /// Database connections.
+    pub pool: Pool,
+}
+
+impl Shared {
+    /// Reads a stored event, waiting out database outages.
+    pub async fn load_event(&self, id: Uuid) -> Result<Option<String>, crate::batcher::Stopped> {
+        let mut backoff = db_backoff();
+        loop {
+            let result = match self.pool.get().await {
+                Ok(client) => events::load_event_body(&**client, id).await,
+                Err(e) => Err(e.into()),
+            };
+            match result {
+                Ok(body) => return Ok(body),
+                Err(e) => {
+                    let wait = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
+                    tracing::warn!(error = %e, "reading an event failed; retrying");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}
+
+fn db_backoff() -> backoff::ExponentialBackoff {
+    ExponentialBackoffBuilder::new()
+        .with_initial_interval(Duration::from_millis(100))
+        .with_max_interval(Duration::from_secs(5))
+        .with_max_elapsed_time(None)
+        .build()
+}
+
+/// Writes event claims in batches.
+pub struct ClaimWriter(Pool);
+
+impl Flush for ClaimWriter {
+    type Req = NewEvent;
+    type Resp = Claim;
+    async fn flush(&self, batch: &[NewEvent]) -> Result<Vec<Claim>, StoreError> {
+        let client = self.0.get().await?;
+        events::claim_events(&**client, batch).await
+    }
+}
+
+/// Writes delivery-log rows in batches, with the webhooks' failure counters.
+pub struct LogWriter {
+    pool: Pool,
+    max_consecutive_failures: i32,
+}
+
+impl Flush for LogWriter {
+    type Req = Vec<AttemptRow>;
+    type Resp = ();
+    async fn flush(&self, batch: &[Vec<AttemptRow>]) -> Result<Vec<()>, StoreError> {
+        let rows: Vec<AttemptRow> = batch.iter().flatten().cloned().collect();
+        let mut client = self.pool.get().await?;
+        let disabled =
+            delivery_log::write_attempts(&mut client, &rows, self.max_consecutive_failures).await?;
+        for d in disabled {
+            tracing::warn!(
+                webhook_id = d.webhook_id,
+                consecutive_failures = d.consecutive_failures,
+                "webhook turned off (410 Gone or too many consecutive failures)"
+            );
+        }
+        Ok(vec![(); batch.len()])
+    }
+}
+
+/// A worker: consumes until told to stop.
+pub struct Worker {
+    shared: Arc<Shared>,
+    background: CancellationToken,
+}
+
+impl Worker {
+    /// Migrates the database, loads the subscriptions and starts the background tasks.
+    pub async fn start(settings: WorkerSettings) -> Result<Self, WorkerError> {
+        migrate::migrate(&settings.database_url).await?;
+        let pool = database::pool(&settings.database_url, settings.pool_size)?;
+        let cache = SubscriptionCache::default();
+        cache.load_all(&pool).await?;
+        let background = CancellationToken::new();
+        tokio::spawn(keep_current(
+            cache.clone(),
+            pool.clone(),
+            settings.database_url.clone(),
+            background.clone(),
+        ));
+        tokio::spawn(maintain_partitions(pool.clone(), background.clone()));
+        let shared = Shared {
+            dispatcher: Dispatcher::new(settings.timeout, settings.response_excerpt_bytes)?,
+            claims: Batcher::spawn("event claim", ClaimWriter(pool.clone()), MAX_BATCH),
+            log: Batcher::spawn(
+                "delivery log",
+                LogWriter {
+                    pool: pool.clone(),
+                    max_consecutive_failures: settings.max_consecutive_failures,
+                },
+                MAX_BATCH,
+            ),
+            cache,
+            pool,
+            settings,
+        };
+        Ok(Self {
+            shared: Arc::new(shared),
+            background,
+        })
+    }
+
+    /// The subscription cache (tests wait on its generation).
+    pub fn cache(&self) -> &SubscriptionCache {
+        &self.shared.cache
+    }
+
+    /// Consumes until `shutdown` is cancelled, reconnecting to the broker with backoff whenever it is lost.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let mut backoff = ExponentialBackoffBuilder::new()
+            .with_initial_interval(Duration::from_millis(200))
+            .with_max_interval(Duration::from_secs(10))
+            .with_max_elapsed_time(None)
+            .build();
+        let result = loop {
+            let started = std::time::Instant::now();
+            match self.session(&shutdown).await {
+                Ok(()) => break Ok(()),
+                Err(e) => {
+                    if started.elapsed() > Duration::from_secs(30) {
+                        backoff.reset();
+                    }
+                    let wait = backoff.next_backoff().unwrap_or(Duration::from_secs(10));
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64,
+                        "broker session ended; reconnecting");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break Ok(()),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        };
+        self.background.cancel();
+        result
+    }
+
+    async fn session(&self, shutdown: &CancellationToken) -> Result<(), WorkerError> {
+        let settings = &self.shared.settings;
+        let connection = webhookd_broker::connect(&settings.amqp_url, "webhookd-worker").await?;
+        let publisher = ConfirmedPublisher::open(&connection).await?;
+        settings.topology.declare(publisher.channel()).await?;
+        let (events_channel, mut events) = consume(
+            &connection,
+            &settings.topology.work_queue(),
+            settings.prefetch,
+        )
+        .await?;
+        let (retries_channel, mut retries) = consume(
+            &connection,
+            &settings.topology.retry_queue(),
+            settings.prefetch,
+        )
+        .await?;
+        tracing::info!(queue = %settings.topology.work_queue(), prefetch = settings.prefetch, "worker consuming");
+
+        let mut tasks = JoinSet::new();
+        let ended = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                next = events.next() => match next {
+                    Some(Ok(d)) => { tasks.spawn(handle_event(self.shared.clone(), publisher.clone(), d)); }
+                    Some(Err(e)) => break Err(WorkerError::Broker(e)),
+                    None => break Err(WorkerError::ConsumerClosed("events")),
+                },
+                next = retries.next() => match next {
+                    Some(Ok(d)) => { tasks.spawn(handle_retry(self.shared.clone(), publisher.clone(), d)); }
+                    Some(Err(e)) => break Err(WorkerError::Broker(e)),
+                    None => break Err(WorkerError::ConsumerClosed("retries")),
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        };
+        if ended.is_ok() {
+            // Stop taking messages, let those in flight finish (and be acked), then leave.
+            for (channel, tag) in [(&events_channel, "events"), (&retries_channel, "retries")] {
+                let _ = channel
+                    .basic_cancel(
+                        consumer_tag(tag).as_str().into(),
+                        BasicCancelOptions::default(),
+                    )
+                    .await;
+            }
+            let in_flight = tasks.len();
+            let drained = tokio::time::timeout(settings.shutdown_grace, async {
+                while tasks.join_next().await.is_some() {}
+            })
+            .await;
+            match drained {
+                Ok(()) => tracing::info!(in_flight, "in-flight deliveries finished"),
+                Err(_) => tracing::warn!(
+                    left = tasks.len(),
+                    "shutdown grace over; unfinished messages will be redelivered"
+                ),
+            }
+        }
+        tasks.shutdown().await;
+        let _ = connection
+            .close(200, "webhookd worker stopping".into())
+            .await;
+        ended
+    }
+}
+
+fn consumer_tag(queue_kind: &str) -> String {
+    format!("webhookd-{queue_kind}-{}", std::process::id())
+}
+
+async fn consume(
+    connection: &Connection,
+    queue: &str,
+    prefetch: u16,
+) -> Result<(Channel, Consumer), WorkerError> {
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let kind = if queue.ends_with(".retry") {
+        "retries"
+    } else {
+        "events"
+    };
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            consumer_tag(kind).as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((channel, consumer))
+}
+
+/// Creates tomorrow's delivery-log partitions ahead of time, hourly.
+async fn maintain_partitions(pool: Pool, stop: CancellationToken) {
+    let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = hourly.tick() => {
+                let result = match pool.get().await {
+                    Ok(client) => migrate::ensure_log_partitions(&client).await,
+                    Err(e) => Err(e.into()),
+                };
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "could not create delivery-log partitions");
+                }
+            }
+        }
+    }
+}

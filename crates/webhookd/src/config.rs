@@ -1,0 +1,330 @@
+//! Configuration from environment variables: every setting has a default that works on a developer
+//! machine, and a bad value stops start-up with a message naming the variable.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use webhookd_broker::Topology;
+use webhookd_core::retry_policy::DEFAULT_SCHEDULE;
+use webhookd_core::{Catalog, RetryPolicy};
+use webhookd_worker::WorkerSettings;
+
+/// A setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The variable's value does not parse.
+    #[error("{var}={value:?} is invalid: expected {expected}")]
+    Invalid {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What it should be.
+        expected: &'static str,
+    },
+    /// The custom actions file is unusable.
+    #[error("WEBHOOKD_ACTIONS_FILE: {0}")]
+    Actions(#[from] webhookd_core::actions::CatalogError),
+}
+
+/// Every setting, parsed.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `DATABASE_URL`.
+    pub database_url: String,
+    /// `AMQP_URL`.
+    pub amqp_url: String,
+    /// `WEBHOOKD_EXCHANGE`.
+    pub exchange: String,
+    /// `WEBHOOKD_QUEUE_PREFIX`.
+    pub queue_prefix: String,
+    /// `WEBHOOK_BATCH_SIZE`.
+    pub batch_size: usize,
+    /// `WEBHOOK_TIMEOUT`.
+    pub timeout: Duration,
+    /// `WEBHOOK_RETRY_SCHEDULE`.
+    pub retry_schedule: Vec<Duration>,
+    /// `WEBHOOK_RETRY_CLIENT_ERRORS`.
+    pub retry_client_errors: bool,
+    /// `WEBHOOK_MAX_CONSECUTIVE_FAILURES`.
+    pub max_consecutive_failures: i32,
+    /// `WEBHOOKD_PREFETCH`.
+    pub prefetch: u16,
+    /// `WEBHOOKD_DB_POOL_SIZE`.
+    pub pool_size: usize,
+    /// `WEBHOOKD_RESPONSE_EXCERPT_BYTES`.
+    pub response_excerpt_bytes: usize,
+    /// `WEBHOOKD_SHUTDOWN_GRACE`.
+    pub shutdown_grace: Duration,
+    /// The catalog: built-in actions plus those of `actions_file`.
+    pub catalog: Arc<Catalog>,
+}
+
+struct Env<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Env<'_> {
+    fn get(&self, var: &'static str) -> Option<String> {
+        (self.lookup)(var).filter(|v| !v.trim().is_empty())
+    }
+
+    fn string(&self, var: &'static str, default: &str) -> String {
+        self.get(var).unwrap_or_else(|| default.to_owned())
+    }
+
+    fn parse<T: std::str::FromStr>(
+        &self,
+        var: &'static str,
+        default: T,
+        expected: &'static str,
+        ok: impl Fn(&T) -> bool,
+    ) -> Result<T, ConfigError> {
+        match self.get(var) {
+            None => Ok(default),
+            Some(value) => match value.trim().parse::<T>() {
+                Ok(v) if ok(&v) => Ok(v),
+                _ => Err(ConfigError::Invalid {
+                    var,
+                    value,
+                    expected,
+                }),
+            },
+        }
+    }
+
+    fn seconds(
+        &self,
+        var: &'static str,
+        default: f64,
+        expected: &'static str,
+    ) -> Result<Duration, ConfigError> {
+        let secs = self.parse(var, default, expected, |s: &f64| {
+            s.is_finite() && *s > 0.0 && *s < 1e6
+        })?;
+        Ok(Duration::from_secs_f64(secs))
+    }
+
+    fn boolean(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(var).map(|v| v.trim().to_ascii_lowercase()) {
+            None => Ok(default),
+            Some(v) if ["1", "true", "yes", "on"].contains(&v.as_str()) => Ok(true),
+            Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => Ok(false),
+            Some(value) => Err(ConfigError::Invalid {
+                var,
+                value,
+                expected: "true or false",
+            }),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(&|var| std::env::var(var).ok())
+    }
+
+    /// Reads settings through `lookup` (tests pass a map).
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env { lookup };
+        let database_url = env.string(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/webhookd",
+        );
+        if webhookd_store::database::parse_url(&database_url).is_err()
+            || !database_url.starts_with("postgres")
+        {
+            return Err(ConfigError::Invalid {
+                var: "DATABASE_URL",
+                value: redact_url(&database_url),
+                expected: "a postgres:// URL naming a database",
+            });
+        }
+        let amqp_url = env.string("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
+            return Err(ConfigError::Invalid {
+                var: "AMQP_URL",
+                value: redact_url(&amqp_url),
+                expected: "an amqp:// URL",
+            });
+        }
+        let schedule_text = env.string("WEBHOOK_RETRY_SCHEDULE", DEFAULT_SCHEDULE);
+        let retry_schedule =
+            RetryPolicy::parse_schedule(&schedule_text).map_err(|_| ConfigError::Invalid {
+                var: "WEBHOOK_RETRY_SCHEDULE",
+                value: schedule_text.clone(),
+                expected: "comma-separated waits in seconds, e.g. 5,300,1800",
+            })?;
+        let actions_file = env.get("WEBHOOKD_ACTIONS_FILE").map(PathBuf::from);
+        let catalog = match &actions_file {
+            Some(path) => Catalog::builtin().with_custom_file(path)?,
+            None => Catalog::builtin(),
+        };
+        let name_ok =
+            |s: &String| !s.is_empty() && s.len() <= 200 && !s.contains(char::is_whitespace);
+        Ok(Self {
+            database_url,
+            amqp_url,
+            exchange: env.parse(
+                "WEBHOOKD_EXCHANGE",
+                "webhookd.events".to_owned(),
+                "an exchange name",
+                name_ok,
+            )?,
+            queue_prefix: env.parse(
+                "WEBHOOKD_QUEUE_PREFIX",
+                "webhookd".to_owned(),
+                "a queue name prefix",
+                name_ok,
+            )?,
+            batch_size: env.parse("WEBHOOK_BATCH_SIZE", 5000usize, "a positive integer", |n| {
+                *n > 0
+            })?,
+            timeout: env.seconds(
+                "WEBHOOK_TIMEOUT",
+                1.0,
+                "a positive number of seconds, e.g. 1.0",
+            )?,
+            retry_schedule,
+            retry_client_errors: env.boolean("WEBHOOK_RETRY_CLIENT_ERRORS", true)?,
+            max_consecutive_failures: env.parse(
+                "WEBHOOK_MAX_CONSECUTIVE_FAILURES",
+                50i32,
+                "an integer (<= 0 never disables)",
+                |_| true,
+            )?,
+            prefetch: env.parse(
+                "WEBHOOKD_PREFETCH",
+                256u16,
+                "an integer from 1 to 65535",
+                |n| *n > 0,
+            )?,
+            pool_size: env.parse(
+                "WEBHOOKD_DB_POOL_SIZE",
+                16usize,
+                "an integer from 2 to 1000",
+                |n| (2..=1000).contains(n),
+            )?,
+            response_excerpt_bytes: env.parse(
+                "WEBHOOKD_RESPONSE_EXCERPT_BYTES",
+                4096usize,
+                "an integer up to 1048576",
+                |n| *n <= 1 << 20,
+            )?,
+            shutdown_grace: env.seconds(
+                "WEBHOOKD_SHUTDOWN_GRACE",
+                30.0,
+                "a positive number of seconds",
+            )?,
+            catalog: Arc::new(catalog),
+        })
+    }
+
+    /// The retry policy.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::new(self.retry_schedule.clone(), self.retry_client_errors)
+    }
+
+    /// The broker topology.
+    pub fn topology(&self) -> Topology {
+        Topology::new(
+            &self.exchange,
+            &self.queue_prefix,
+            self.retry_policy().longest_wait(),
+        )
+    }
+
+    /// The worker's settings.
+    pub fn worker_settings(&self) -> WorkerSettings {
+        WorkerSettings {
+            database_url: self.database_url.clone(),
+            amqp_url: self.amqp_url.clone(),
+            topology: self.topology(),
+            catalog: self.catalog.clone(),
+            batch_size: self.batch_size,
+            timeout: self.timeout,
+            retry_policy: self.retry_policy(),
+            max_consecutive_failures: self.max_consecutive_failures,
+            prefetch: self.prefetch,
+            response_excerpt_bytes: self.response_excerpt_bytes,
+            pool_size: self.pool_size,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+}
+
+/// The URL with its password replaced, for error messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(&move |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_work_on_a_developer_machine() {
+        let c = config(&[]).unwrap();
+        assert_eq!(
+            c.database_url,
+            "postgres://postgres@127.0.0.1:5432/webhookd"
+        );
+        assert_eq!(c.amqp_url, "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!((c.batch_size, c.timeout), (5000, Duration::from_secs(1)));
+        assert_eq!(c.retry_policy().max_attempts(), 8);
+        assert_eq!(c.max_consecutive_failures, 50);
+        assert_eq!(c.topology().work_queue(), "webhookd.work");
+    }
+
+    #[test]
+    fn a_bad_value_names_the_variable() {
+        let cases = [
+            ("WEBHOOK_TIMEOUT", "abc", "WEBHOOK_TIMEOUT=\"abc\" is invalid: expected a positive number of seconds, e.g. 1.0"),
+            ("WEBHOOK_BATCH_SIZE", "0", "WEBHOOK_BATCH_SIZE=\"0\" is invalid: expected a positive integer"),
+            ("WEBHOOK_RETRY_SCHEDULE", "5,soon", "WEBHOOK_RETRY_SCHEDULE=\"5,soon\" is invalid: expected comma-separated waits in seconds, e.g. 5,300,1800"),
+            ("WEBHOOK_RETRY_CLIENT_ERRORS", "maybe", "WEBHOOK_RETRY_CLIENT_ERRORS=\"maybe\" is invalid: expected true or false"),
+            ("AMQP_URL", "http://u:secret@h", "AMQP_URL=\"http://u:***@h\" is invalid: expected an amqp:// URL"),
+        ];
+        for (var, value, message) in cases {
+            let err = config(&[(var, value)]).unwrap_err();
+            assert_eq!(err.to_string(), message);
+        }
+        let err = config(&[("WEBHOOKD_ACTIONS_FILE", "/nonexistent/actions.json")]).unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("WEBHOOKD_ACTIONS_FILE: cannot read custom actions file"));
+    }
+
+    #[test]
+    fn fractions_and_overrides_are_accepted() {
+        let c = config(&[
+            ("WEBHOOK_TIMEOUT", "0.25"),
+            ("WEBHOOK_RETRY_SCHEDULE", "0.2,0.4"),
+            ("WEBHOOK_MAX_CONSECUTIVE_FAILURES", "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.timeout, Duration::from_millis(250));
+        assert_eq!(c.retry_policy().max_attempts(), 3);
+        assert_eq!(c.max_consecutive_failures, 0);
+    }
+}
