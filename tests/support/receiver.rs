@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -16,6 +16,7 @@ pub struct Received {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub at: Instant,
+    pub wall: SystemTime,
 }
 
 impl Received {
@@ -119,6 +120,7 @@ async fn handle(
             headers,
             body,
             at: Instant::now(),
+            wall: SystemTime::now(),
         });
         inner.scripts.get(&path).map(|s| s(n))
     };

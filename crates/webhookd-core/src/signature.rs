@@ -117,7 +117,7 @@ mod tests {
         let secret = SigningSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         let body = br#"{"test": 2432232314}"#;
         let sig = sign(
-            &[secret.clone()],
+            std::slice::from_ref(&secret),
             "msg_p5jXN8AQM9LWM0D4loKWxJek",
             1614265330,
             body,

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::AMQPValue;
 use webhookd_broker::{ConfirmedPublisher, PublishError, RetryTask, Topology};
 use webhookd_core::body::{self, EventBodies};
 use webhookd_core::endpoint_health::HealthSignal;
@@ -403,7 +403,7 @@ async fn dead_letter(
             &topology.dead_queue(),
             &delivery.data,
             None,
-            Some(FieldTable::from(headers)),
+            Some(headers),
         )
         .await?;
     Ok(())

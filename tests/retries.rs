@@ -1,0 +1,292 @@
+//! Failures: the retry schedule through the broker's delay ladder, dead deliveries, 410 Gone, automatic
+//! turning off after consecutive failures, transport errors, and slow receivers.
+
+mod support;
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+use support::receiver::Receiver;
+use support::{envelope, wait_for, TestEnv};
+use webhookd_core::RetryPolicy;
+use webhookd_store::webhooks::NewWebhook;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn event(n: i64) -> serde_json::Value {
+    envelope(1, "PROJECT_DELETED", None, json!({"project": {"id": n}}))
+}
+
+type Row = (
+    i32,
+    String,
+    Option<i16>,
+    Option<String>,
+    Option<SystemTime>,
+    String,
+);
+
+async fn rows_of(env: &TestEnv, webhook: i64) -> Vec<Row> {
+    env.query(
+        "SELECT attempt, outcome, http_status, error, next_attempt_at, delivery_id::text FROM delivery_attempts
+          WHERE webhook_id = $1 ORDER BY attempt",
+        &[&webhook],
+    )
+    .await
+    .iter()
+    .map(|r| {
+        let next: Option<chrono::DateTime<chrono::Utc>> = r.get(4);
+        (r.get(0), r.get(1), r.get(2), r.get(3), next.map(SystemTime::from), r.get(5))
+    })
+    .collect()
+}
+
+async fn wait_rows(env: &TestEnv, webhook: i64, n: usize) -> Vec<Row> {
+    wait_for(
+        &format!("{n} log rows of webhook {webhook}"),
+        DEADLINE,
+        || async {
+            let rows = rows_of(env, webhook).await;
+            (rows.len() >= n).then_some(rows)
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_failing_twice_gets_three_attempts_none_of_them_early() {
+    let env = TestEnv::new(|_| {}).await; // schedule 0.2 s, 0.4 s
+    let rx = Receiver::start().await;
+    rx.script("/flaky", |n| {
+        (if n < 2 { 500 } else { 200 }, vec![], Duration::ZERO)
+    });
+    let (id, _) = env
+        .webhook(NewWebhook::new(1, None, rx.url("/flaky")))
+        .await;
+    let worker = env.start_worker().await;
+    env.publish(&event(1)).await;
+
+    let rows = wait_rows(&env, id, 3).await;
+    let summary: Vec<(i32, &str, Option<i16>)> =
+        rows.iter().map(|r| (r.0, r.1.as_str(), r.2)).collect();
+    assert_eq!(
+        summary,
+        [
+            (1, "failed", Some(500)),
+            (2, "failed", Some(500)),
+            (3, "succeeded", Some(200))
+        ]
+    );
+    assert_eq!(rows[0].3.as_deref(), Some("HTTP 500 Internal Server Error"));
+    assert!(rows[2].4.is_none() && rows[2].3.is_none());
+
+    let got = rx.requests("/flaky");
+    assert_eq!(got.len(), 3);
+    let ids: Vec<String> = got
+        .iter()
+        .map(|r| r.header("webhook-id").unwrap())
+        .collect();
+    assert!(
+        ids.iter().all(|i| *i == ids[0]),
+        "the same webhook-id on every attempt"
+    );
+    assert_eq!(
+        ids[0].trim_start_matches("msg_"),
+        rows[0].5.replace('-', "")
+    );
+    let attempts: Vec<String> = got
+        .iter()
+        .map(|r| r.header("x-webhookd-attempt").unwrap())
+        .collect();
+    assert_eq!(attempts, ["1", "2", "3"]);
+    for k in 0..2 {
+        let scheduled = rows[k]
+            .4
+            .expect("a failed attempt has its next attempt time");
+        assert!(
+            got[k + 1].wall >= scheduled,
+            "attempt {} came before its scheduled time",
+            k + 2
+        );
+        let min_gap = [0.2, 0.4][k] * 0.8;
+        assert!(
+            (got[k + 1].at - got[k].at).as_secs_f64() >= min_gap,
+            "retry {k} too early"
+        );
+    }
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_never_succeeds_ends_dead_after_the_last_attempt() {
+    let env = TestEnv::new(|_| {}).await;
+    let rx = Receiver::start().await;
+    rx.script("/down", |_| (503, vec![], Duration::ZERO));
+    let (id, _) = env.webhook(NewWebhook::new(1, None, rx.url("/down"))).await;
+    let worker = env.start_worker().await;
+    env.publish(&event(1)).await;
+    let rows = wait_rows(&env, id, 3).await;
+    let summary: Vec<(i32, &str)> = rows.iter().map(|r| (r.0, r.1.as_str())).collect();
+    assert_eq!(summary, [(1, "failed"), (2, "failed"), (3, "dead")]);
+    assert!(
+        rows[2].4.is_none(),
+        "nothing is scheduled after the last attempt"
+    );
+    assert_eq!(rows[2].3.as_deref(), Some("HTTP 503 Service Unavailable"));
+    let failures = env
+        .query(
+            "SELECT consecutive_failures, is_active FROM webhooks WHERE id = $1",
+            &[&id],
+        )
+        .await;
+    assert_eq!(
+        (failures[0].get::<_, i32>(0), failures[0].get::<_, bool>(1)),
+        (3, true)
+    );
+    assert_eq!(rx.requests("/down").len(), 3);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_turns_the_webhook_off() {
+    let env = TestEnv::new(|_| {}).await;
+    let rx = Receiver::start().await;
+    rx.script("/gone", |_| (410, vec![], Duration::ZERO));
+    let (id, _) = env.webhook(NewWebhook::new(1, None, rx.url("/gone"))).await;
+    let worker = env.start_worker().await;
+    env.publish(&event(1)).await;
+    let rows = wait_rows(&env, id, 1).await;
+    assert_eq!((rows[0].1.as_str(), rows[0].2), ("dead", Some(410)));
+    let hook = env
+        .query("SELECT is_active FROM webhooks WHERE id = $1", &[&id])
+        .await;
+    assert!(!hook[0].get::<_, bool>(0));
+    let cache = worker.worker.cache().clone();
+    wait_for(
+        "the cache sees the webhook off",
+        Duration::from_secs(1),
+        || async { (!cache.snapshot().get(id).unwrap().is_active).then_some(()) },
+    )
+    .await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consecutive_failures_turn_a_webhook_off_and_a_success_resets_the_count() {
+    let env = TestEnv::new(|s| {
+        s.retry_policy = RetryPolicy::new(Vec::new(), true);
+        s.max_consecutive_failures = 3;
+        s.prefetch = 1;
+    })
+    .await;
+    let rx = Receiver::start().await;
+    rx.script("/bad", |_| (500, vec![], Duration::ZERO));
+    rx.script("/mixed", |n| {
+        ([500, 500, 200, 500][n.min(3)], vec![], Duration::ZERO)
+    });
+    let (bad, _) = env.webhook(NewWebhook::new(1, None, rx.url("/bad"))).await;
+    let (mixed, _) = env
+        .webhook(NewWebhook::new(1, None, rx.url("/mixed")))
+        .await;
+    let worker = env.start_worker().await;
+    for n in 0..3 {
+        env.publish(&event(n)).await;
+    }
+    wait_rows(&env, bad, 3).await;
+    env.publish(&event(3)).await;
+    wait_rows(&env, mixed, 4).await;
+    let state = |id: i64| {
+        let env = &env;
+        async move {
+            let r = env
+                .query(
+                    "SELECT consecutive_failures, is_active FROM webhooks WHERE id = $1",
+                    &[&id],
+                )
+                .await;
+            (r[0].get::<_, i32>(0), r[0].get::<_, bool>(1))
+        }
+    };
+    assert_eq!(
+        state(bad).await,
+        (3, false),
+        "three failures in a row turn it off"
+    );
+    assert_eq!(
+        state(mixed).await,
+        (1, true),
+        "500, 500, 200, 500 leaves one failure"
+    );
+    assert_eq!(
+        rx.requests("/bad").len(),
+        3,
+        "the fourth event is not sent to a webhook that is off"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transport_errors_are_named_in_the_log() {
+    let env = TestEnv::new(|s| s.retry_policy = RetryPolicy::new(Vec::new(), true)).await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (refused, _) = env
+        .webhook(NewWebhook::new(
+            1,
+            None,
+            format!("http://127.0.0.1:{closed}/x"),
+        ))
+        .await;
+    let (dns, _) = env
+        .webhook(NewWebhook::new(
+            1,
+            None,
+            "http://no-such-host.invalid/x".to_owned(),
+        ))
+        .await;
+    let worker = env.start_worker().await;
+    env.publish(&event(1)).await;
+    let refused_rows = wait_rows(&env, refused, 1).await;
+    let dns_rows = wait_rows(&env, dns, 1).await;
+    let refused_error = refused_rows[0].3.clone().unwrap();
+    assert!(
+        refused_error.starts_with("connection refused"),
+        "{refused_error}"
+    );
+    let dns_error = dns_rows[0].3.clone().unwrap();
+    assert!(dns_error.starts_with("DNS error"), "{dns_error}");
+    assert!(refused_rows[0].2.is_none());
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_hitting_the_timeout_does_not_delay_the_others() {
+    let env = TestEnv::new(|s| s.retry_policy = RetryPolicy::new(Vec::new(), true)).await;
+    let rx = Receiver::start().await;
+    rx.script("/slow", |_| (200, vec![], Duration::from_secs(3)));
+    let (slow, _) = env.webhook(NewWebhook::new(1, None, rx.url("/slow"))).await;
+    env.webhook(NewWebhook::new(1, None, rx.url("/fast"))).await;
+    let worker = env.start_worker().await;
+    let started = std::time::Instant::now();
+    for n in 0..20 {
+        env.publish(&event(n)).await;
+    }
+    let fast = rx.wait_for("/fast", 20, DEADLINE).await;
+    let last = fast.iter().map(|r| r.at).max().unwrap();
+    assert!(
+        last - started < Duration::from_millis(900),
+        "fast deliveries took {:?}: held up by the 1 s timeout of the slow webhook",
+        last - started
+    );
+    let rows = wait_rows(&env, slow, 20).await;
+    assert!(
+        rows.iter()
+            .all(|r| r.3.as_deref().unwrap_or("").starts_with("timeout")),
+        "{:?}",
+        rows[0]
+    );
+    assert!(rows.iter().all(|r| r.1 == "dead" && r.2.is_none()));
+    worker.stop().await;
+}
