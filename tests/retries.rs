@@ -290,3 +290,26 @@ async fn a_receiver_hitting_the_timeout_does_not_delay_the_others() {
     assert!(rows.iter().all(|r| r.1 == "dead" && r.2.is_none()));
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_not_followed_and_count_as_failures() {
+    let env = TestEnv::new(|s| s.retry_policy = RetryPolicy::new(Vec::new(), true)).await;
+    let rx = Receiver::start().await;
+    let target = rx.url("/target");
+    rx.script("/moved", move |_| {
+        (302, vec![("location", target.clone())], Duration::ZERO)
+    });
+    let (id, _) = env
+        .webhook(NewWebhook::new(1, None, rx.url("/moved")))
+        .await;
+    let worker = env.start_worker().await;
+    env.publish(&event(1)).await;
+    let rows = wait_rows(&env, id, 1).await;
+    assert_eq!((rows[0].1.as_str(), rows[0].2), ("dead", Some(302)));
+    assert_eq!(rows[0].3.as_deref(), Some("HTTP 302 Found"));
+    assert!(
+        rx.requests("/target").is_empty(),
+        "the redirect was followed"
+    );
+    worker.stop().await;
+}

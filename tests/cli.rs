@@ -1,0 +1,224 @@
+//! The `webhookd` binary as an operator and a producer use it: configuration errors, `migrate`, `publish`,
+//! and the producer client crate.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::receiver::Receiver;
+use support::TestEnv;
+use tokio::process::Command;
+use webhookd_client::{EmitError, Emitter};
+use webhookd_core::{ActionSpec, Catalog};
+use webhookd_store::webhooks::NewWebhook;
+
+fn webhookd(env: &TestEnv) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_webhookd"));
+    cmd.env("DATABASE_URL", &env.database_url)
+        .env("AMQP_URL", support::AMQP_URL)
+        .env("WEBHOOKD_EXCHANGE", &env.topology.exchange)
+        .env("WEBHOOKD_QUEUE_PREFIX", &env.topology.prefix)
+        .env("WEBHOOK_RETRY_SCHEDULE", "0.2,0.4")
+        .env("LOG_FORMAT", "text")
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true);
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_setting_stops_start_up_naming_the_variable() {
+    let out = Command::new(env!("CARGO_BIN_EXE_webhookd"))
+        .arg("worker")
+        .env("WEBHOOK_TIMEOUT", "soon")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .contains("WEBHOOK_TIMEOUT=\"soon\" is invalid: expected a positive number of seconds"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_is_idempotent_and_publish_delivers_through_a_worker() {
+    let env = TestEnv::new(|_| {}).await;
+    for _ in 0..2 {
+        let out = webhookd(&env).arg("migrate").output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("RabbitMQ topology declared"));
+    }
+    let rx = Receiver::start().await;
+    env.webhook(NewWebhook::new(1, Some(7), rx.url("/cli")))
+        .await;
+    let worker = env.start_worker().await;
+    let out = webhookd(&env)
+        .args([
+            "publish",
+            "--organization",
+            "1",
+            "--action",
+            "ANNOTATION_CREATED",
+            "--id",
+            "cli-1",
+        ])
+        .args([
+            "--project",
+            r#"{"id": 7}"#,
+            "--payload",
+            r#"{"annotation": {"id": 17}, "task": {"id": 19}}"#,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "cli-1");
+    let got = rx.wait_for("/cli", 1, Duration::from_secs(15)).await;
+    assert_eq!(got[0].json()["annotation"]["id"], 17);
+
+    let bad = webhookd(&env)
+        .args(["publish", "--organization", "1", "--action", "NOPE"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid event: unknown action \"NOPE\""));
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_emits_confirmed_events_and_refuses_bad_ones() {
+    let env = TestEnv::new(|_| {}).await;
+    let rx = Receiver::start().await;
+    env.webhook(NewWebhook::new(1, Some(7), rx.url("/client")))
+        .await;
+    let worker = env.start_worker().await;
+    let emitter = Emitter::connect(support::AMQP_URL, &env.topology.exchange)
+        .await
+        .unwrap();
+    let project = Some(json!({"id": 7, "title": "P"}));
+    emitter
+        .emit(
+            1,
+            project.clone(),
+            "ANNOTATION_CREATED",
+            json!({"annotation": {"id": 1}, "task": {"id": 2}}),
+        )
+        .await
+        .unwrap();
+    emitter
+        .emit_for_instances(
+            1,
+            project.clone(),
+            "TASKS_CREATED",
+            vec![json!({"id": 5}), json!({"id": 6})],
+        )
+        .await
+        .unwrap();
+    let got = rx.wait_for("/client", 2, Duration::from_secs(15)).await;
+    let tasks = got
+        .iter()
+        .find(|r| r.json()["action"] == "TASKS_CREATED")
+        .unwrap()
+        .json();
+    assert_eq!(
+        tasks,
+        json!({"action": "TASKS_CREATED", "tasks": [{"id": 5}, {"id": 6}], "project": {"id": 7, "title": "P"}})
+    );
+
+    let err = emitter
+        .emit(
+            1,
+            project.clone(),
+            "PROJECT_CREATED",
+            json!({"project": {}}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid event: action PROJECT_CREATED is organization-only and cannot carry a project"
+    );
+    let err = emitter
+        .emit_for_instances(
+            1,
+            project,
+            "ANNOTATION_CREATED",
+            vec![json!({"id": 1}), json!({"id": 2})],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EmitError::Instances(_)), "{err}");
+
+    // An exchange no worker queue is bound to: the broker would drop the event, so emit says so.
+    let lonely = format!("{}.unbound", env.name);
+    let unbound = Emitter::connect(support::AMQP_URL, &lonely).await.unwrap();
+    let err = unbound
+        .emit(1, None, "PROJECT_DELETED", json!({"project": {"id": 1}}))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().starts_with("no queue is bound to exchange"),
+        "{err}"
+    );
+    let conn = webhookd_broker::connect(support::AMQP_URL, "cleanup")
+        .await
+        .unwrap();
+    conn.create_channel()
+        .await
+        .unwrap()
+        .exchange_delete(lonely.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_actions_from_the_catalog_are_delivered_like_built_in_ones() {
+    let custom = ActionSpec {
+        action: "TASK_COMPLETED".into(),
+        name: "Task completed".into(),
+        description: String::new(),
+        key: "task".into(),
+        many: false,
+        organization_only: false,
+    };
+    let catalog = Catalog::builtin().with_custom(vec![custom]).unwrap();
+    let env = TestEnv::new(|s| s.catalog = std::sync::Arc::new(catalog.clone())).await;
+    let rx = Receiver::start().await;
+    let mut hook = NewWebhook::new(1, Some(7), rx.url("/custom"));
+    hook.send_for_all_actions = false;
+    hook.actions = vec!["TASK_COMPLETED".into()];
+    env.webhook(hook).await;
+    let worker = env.start_worker().await;
+    let emitter = Emitter::connect(support::AMQP_URL, &env.topology.exchange)
+        .await
+        .unwrap()
+        .with_catalog(catalog);
+    emitter
+        .emit(
+            1,
+            Some(json!({"id": 7})),
+            "TASK_COMPLETED",
+            json!({"task": {"id": 3}}),
+        )
+        .await
+        .unwrap();
+    let got = rx.wait_for("/custom", 1, Duration::from_secs(15)).await;
+    assert_eq!(
+        &got[0].body[..],
+        br#"{"action": "TASK_COMPLETED", "task": {"id": 3}, "project": {"id": 7}}"#
+    );
+    worker.stop().await;
+}
