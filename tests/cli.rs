@@ -20,6 +20,7 @@ fn webhookd(env: &TestEnv) -> Command {
         .env("WEBHOOKD_EXCHANGE", &env.topology.exchange)
         .env("WEBHOOKD_QUEUE_PREFIX", &env.topology.prefix)
         .env("WEBHOOK_RETRY_SCHEDULE", "0.2,0.4")
+        .env("WEBHOOKD_ALLOWED_NETWORKS", "127.0.0.0/8")
         .env("LOG_FORMAT", "text")
         .env("RUST_LOG", "warn")
         .kill_on_drop(true);

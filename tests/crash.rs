@@ -23,6 +23,7 @@ fn spawn_worker(env: &TestEnv) -> Child {
         .env("WEBHOOKD_EXCHANGE", &env.topology.exchange)
         .env("WEBHOOKD_QUEUE_PREFIX", &env.topology.prefix)
         .env("WEBHOOK_RETRY_SCHEDULE", "0.2,0.4")
+        .env("WEBHOOKD_ALLOWED_NETWORKS", "127.0.0.0/8")
         .env("RUST_LOG", "warn")
         .env("LOG_FORMAT", "json")
         .stdout(Stdio::null())

@@ -313,3 +313,43 @@ async fn redirects_are_not_followed_and_count_as_failures() {
     );
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssrf_protection_refuses_internal_addresses_at_send_time() {
+    let env = TestEnv::new(|s| {
+        s.retry_policy = RetryPolicy::new(Vec::new(), true);
+        s.network_policy = webhookd_core::NetworkPolicy::new(Vec::new());
+    })
+    .await;
+    let rx = Receiver::start().await;
+    let port = rx.base.rsplit(':').next().unwrap().to_owned();
+    let (literal, _) = env
+        .webhook(NewWebhook::new(1, None, rx.url("/literal")))
+        .await;
+    let (named, _) = env
+        .webhook(NewWebhook::new(
+            1,
+            None,
+            format!("http://localhost:{port}/named"),
+        ))
+        .await;
+    let worker = env.start_worker().await;
+    env.publish(&event(1)).await;
+    let literal_rows = wait_rows(&env, literal, 1).await;
+    let named_rows = wait_rows(&env, named, 1).await;
+    assert_eq!(
+        literal_rows[0].3.as_deref(),
+        Some("blocked by SSRF protection: 127.0.0.1 is a loopback address, which webhooks may not reach (allow it with WEBHOOKD_ALLOWED_NETWORKS)")
+    );
+    let named_error = named_rows[0].3.clone().unwrap();
+    assert!(
+        named_error.starts_with("blocked by SSRF protection"),
+        "{named_error}"
+    );
+    assert!(
+        named_error.contains("localhost resolves to"),
+        "{named_error}"
+    );
+    assert!(rx.all().is_empty(), "nothing reached the internal receiver");
+    worker.stop().await;
+}

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use webhookd_broker::{ConfirmedPublisher, Topology};
-use webhookd_core::{Catalog, RetryPolicy, SigningSecret};
+use webhookd_core::{Catalog, NetworkPolicy, RetryPolicy, SigningSecret};
 use webhookd_store::webhooks::{self, NewWebhook};
 use webhookd_store::{database, migrate, Pool};
 use webhookd_worker::{Worker, WorkerSettings};
@@ -75,6 +75,9 @@ impl TestEnv {
             response_excerpt_bytes: 1024,
             pool_size: 4,
             shutdown_grace: Duration::from_secs(5),
+            network_policy: NetworkPolicy::new(
+                NetworkPolicy::parse_networks("127.0.0.0/8").unwrap(),
+            ),
         };
         tweak(&mut settings);
         settings.topology = Topology::new(

@@ -1,12 +1,14 @@
 //! Sending one attempt: the signed HTTP POST, its timeout, and what came back.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, USER_AGENT};
 use webhookd_core::retry_policy::parse_retry_after;
 use webhookd_core::signature::sign;
-use webhookd_core::{AttemptResult, DeliveryId, EventId, Subscription};
+use webhookd_core::{AttemptResult, DeliveryId, EventId, NetworkPolicy, Subscription};
 
 /// The `User-Agent` webhookd sends unless a webhook's static headers set one.
 pub const DEFAULT_USER_AGENT: &str = concat!("webhookd/", env!("CARGO_PKG_VERSION"));
@@ -47,12 +49,50 @@ pub struct AttemptReport {
 pub struct Dispatcher {
     client: reqwest::Client,
     excerpt_bytes: usize,
+    policy: Arc<NetworkPolicy>,
+}
+
+/// Resolves host names and drops the addresses the network policy refuses, so that a name that changed its
+/// address since the webhook was saved still cannot reach an internal service (checked at connect time).
+struct GuardedResolver(Arc<NetworkPolicy>);
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.0.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let mut refused = None;
+            let allowed: Vec<SocketAddr> = found
+                .into_iter()
+                .filter(|a| match policy.check(a.ip()) {
+                    Ok(()) => true,
+                    Err(r) => {
+                        refused = Some(r);
+                        false
+                    }
+                })
+                .collect();
+            match (allowed.is_empty(), refused) {
+                (true, Some(r)) => Err(format!("{host} resolves to {r}").into()),
+                _ => Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs),
+            }
+        })
+    }
 }
 
 impl Dispatcher {
-    /// A dispatcher with `timeout` per attempt, keeping up to `excerpt_bytes` of each response.
-    pub fn new(timeout: Duration, excerpt_bytes: usize) -> Result<Self, reqwest::Error> {
+    /// A dispatcher with `timeout` per attempt, keeping up to `excerpt_bytes` of each response, that only
+    /// connects to addresses `policy` allows.
+    pub fn new(
+        timeout: Duration,
+        excerpt_bytes: usize,
+        policy: NetworkPolicy,
+    ) -> Result<Self, reqwest::Error> {
+        let policy = Arc::new(policy);
         let client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(GuardedResolver(policy.clone())))
             .timeout(timeout)
             .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -63,13 +103,17 @@ impl Dispatcher {
         Ok(Self {
             client,
             excerpt_bytes,
+            policy,
         })
     }
 
     /// Sends one attempt and reports how it went; never fails.
     pub async fn send(&self, attempt: Attempt<'_>) -> AttemptReport {
         let started = Instant::now();
-        let headers = match self.headers(&attempt) {
+        let headers = self
+            .check_literal_address(&attempt.webhook.url)
+            .and_then(|()| self.headers(&attempt));
+        let headers = match headers {
             Ok(h) => h,
             Err(error) => {
                 return AttemptReport {
@@ -125,6 +169,19 @@ impl Dispatcher {
             excerpt,
             duration: started.elapsed(),
         }
+    }
+
+    /// The resolver is not consulted for a URL whose host is an IP address, so such addresses are checked here.
+    fn check_literal_address(&self, url: &str) -> Result<(), String> {
+        let url = reqwest::Url::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
+        let ip = match url.host() {
+            Some(url::Host::Ipv4(ip)) => std::net::IpAddr::V4(ip),
+            Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip),
+            _ => return Ok(()),
+        };
+        self.policy
+            .check(ip)
+            .map_err(|r| format!("blocked by SSRF protection: {r}"))
     }
 
     fn headers(&self, attempt: &Attempt<'_>) -> Result<HeaderMap, String> {
@@ -210,7 +267,9 @@ pub fn describe(e: &reqwest::Error) -> String {
     }
     let detail = chain.join(": ");
     let lower = detail.to_ascii_lowercase();
-    let kind = if e.is_timeout() {
+    let kind = if lower.contains("which webhooks may not reach") {
+        "blocked by SSRF protection"
+    } else if e.is_timeout() {
         "timeout"
     } else if lower.contains("dns error") || lower.contains("failed to lookup address") {
         "DNS error"

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use webhookd_broker::Topology;
-use webhookd_core::{Catalog, RetryPolicy};
+use webhookd_core::{Catalog, NetworkPolicy, RetryPolicy};
 
 /// Worker settings (built from the environment by the binary, or directly by tests and benchmarks).
 #[derive(Debug, Clone)]
@@ -33,4 +33,6 @@ pub struct WorkerSettings {
     pub pool_size: usize,
     /// How long shutdown waits for in-flight deliveries.
     pub shutdown_grace: Duration,
+    /// Which addresses webhooks may reach (SSRF protection).
+    pub network_policy: NetworkPolicy,
 }

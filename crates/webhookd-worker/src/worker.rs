@@ -151,7 +151,11 @@ impl Worker {
         ));
         tokio::spawn(maintain_partitions(pool.clone(), background.clone()));
         let shared = Shared {
-            dispatcher: Dispatcher::new(settings.timeout, settings.response_excerpt_bytes)?,
+            dispatcher: Dispatcher::new(
+                settings.timeout,
+                settings.response_excerpt_bytes,
+                settings.network_policy.clone(),
+            )?,
             claims: Batcher::spawn("event claim", ClaimWriter(pool.clone()), MAX_BATCH),
             log: Batcher::spawn(
                 "delivery log",

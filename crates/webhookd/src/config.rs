@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use webhookd_broker::Topology;
 use webhookd_core::retry_policy::DEFAULT_SCHEDULE;
-use webhookd_core::{Catalog, RetryPolicy};
+use webhookd_core::{Catalog, NetworkPolicy, RetryPolicy};
 use webhookd_worker::WorkerSettings;
 
 /// A setting that cannot be used.
@@ -57,8 +57,10 @@ pub struct Config {
     pub response_excerpt_bytes: usize,
     /// `WEBHOOKD_SHUTDOWN_GRACE`.
     pub shutdown_grace: Duration,
-    /// The catalog: built-in actions plus those of `actions_file`.
+    /// The catalog: built-in actions plus those of `WEBHOOKD_ACTIONS_FILE`.
     pub catalog: Arc<Catalog>,
+    /// `WEBHOOKD_SSRF_PROTECTION` and `WEBHOOKD_ALLOWED_NETWORKS`.
+    pub network_policy: NetworkPolicy,
 }
 
 struct Env<'a> {
@@ -162,6 +164,18 @@ impl Config {
             Some(path) => Catalog::builtin().with_custom_file(path)?,
             None => Catalog::builtin(),
         };
+        let allowed_text = env.string("WEBHOOKD_ALLOWED_NETWORKS", "");
+        let allowed =
+            NetworkPolicy::parse_networks(&allowed_text).map_err(|_| ConfigError::Invalid {
+                var: "WEBHOOKD_ALLOWED_NETWORKS",
+                value: allowed_text.clone(),
+                expected: "comma-separated CIDR networks, e.g. 127.0.0.0/8,::1/128",
+            })?;
+        let network_policy = if env.boolean("WEBHOOKD_SSRF_PROTECTION", true)? {
+            NetworkPolicy::new(allowed)
+        } else {
+            NetworkPolicy::allow_all()
+        };
         let name_ok =
             |s: &String| !s.is_empty() && s.len() <= 200 && !s.contains(char::is_whitespace);
         Ok(Self {
@@ -219,6 +233,7 @@ impl Config {
                 "a positive number of seconds",
             )?,
             catalog: Arc::new(catalog),
+            network_policy,
         })
     }
 
@@ -251,6 +266,7 @@ impl Config {
             response_excerpt_bytes: self.response_excerpt_bytes,
             pool_size: self.pool_size,
             shutdown_grace: self.shutdown_grace,
+            network_policy: self.network_policy.clone(),
         }
     }
 }
@@ -304,6 +320,7 @@ mod tests {
             ("WEBHOOK_RETRY_SCHEDULE", "5,soon", "WEBHOOK_RETRY_SCHEDULE=\"5,soon\" is invalid: expected comma-separated waits in seconds, e.g. 5,300,1800"),
             ("WEBHOOK_RETRY_CLIENT_ERRORS", "maybe", "WEBHOOK_RETRY_CLIENT_ERRORS=\"maybe\" is invalid: expected true or false"),
             ("AMQP_URL", "http://u:secret@h", "AMQP_URL=\"http://u:***@h\" is invalid: expected an amqp:// URL"),
+            ("WEBHOOKD_ALLOWED_NETWORKS", "10.0.0.0/99", "WEBHOOKD_ALLOWED_NETWORKS=\"10.0.0.0/99\" is invalid: expected comma-separated CIDR networks, e.g. 127.0.0.0/8,::1/128"),
         ];
         for (var, value, message) in cases {
             let err = config(&[(var, value)]).unwrap_err();
