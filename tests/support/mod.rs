@@ -2,6 +2,7 @@
 //! and a receiver that records every request it gets.
 #![allow(dead_code)]
 
+pub mod api;
 pub mod python;
 pub mod receiver;
 

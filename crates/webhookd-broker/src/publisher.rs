@@ -63,6 +63,17 @@ impl ConfirmedPublisher {
         if let Some(headers) = headers {
             props = props.with_headers(headers);
         }
+        self.publish(exchange, routing_key, body, props).await
+    }
+
+    /// Publishes with the given properties and waits for the broker's confirm; unroutable is an error.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), PublishError> {
         let options = BasicPublishOptions {
             mandatory: true,
             ..Default::default()

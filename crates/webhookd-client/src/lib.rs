@@ -18,7 +18,7 @@ use lapin::types::FieldTable;
 use lapin::ExchangeKind;
 use serde_json::{json, Map, Value};
 use webhookd_broker::{ConfirmedPublisher, PublishError};
-use webhookd_core::{Catalog, Event, EventError};
+pub use webhookd_core::{ActionSpec, Catalog, Event, EventError};
 
 /// Why an event was not published.
 #[derive(Debug, thiserror::Error)]
@@ -29,8 +29,8 @@ pub enum EmitError {
     /// `emit_for_instances` got a list that does not fit the action.
     #[error("{0}")]
     Instances(String),
-    /// The broker did not confirm the event; it may or may not have been taken, so publish it again with
-    /// the same id (it is delivered once).
+    /// The broker did not confirm the event; it may or may not have been taken. Publishing it again with
+    /// the same id (see `Emitter::publish`) delivers it once.
     #[error(transparent)]
     Publish(#[from] PublishError),
     /// The connection could not be made.
@@ -80,7 +80,8 @@ impl Emitter {
 
     /// Label Studio's `emit_webhooks`: publishes `action` for `organization`, scoped to `project` (an object
     /// with an `id`, or `None` for organization-level webhooks only), with the action's `payload`. Returns
-    /// the event id it assigned.
+    /// the producer event id it put in the envelope (a UUIDv7). To retry safely after an error, build the
+    /// event yourself with an id and use `publish`: re-publishing the same id delivers once.
     pub async fn emit(
         &self,
         organization: i64,

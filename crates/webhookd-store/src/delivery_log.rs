@@ -170,3 +170,145 @@ pub async fn write_attempts(
     tx.commit().await?;
     Ok(disabled)
 }
+
+/// One logged attempt, as the API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptRecord {
+    /// The row id.
+    pub id: i64,
+    /// The delivery.
+    pub delivery_id: Uuid,
+    /// The event.
+    pub event_id: Uuid,
+    /// The webhook.
+    pub webhook_id: i64,
+    /// The webhook's organization.
+    pub organization: i64,
+    /// The action.
+    pub action: String,
+    /// The batch.
+    pub chunk: i32,
+    /// Attempt number.
+    pub attempt: i32,
+    /// `succeeded`, `failed` or `dead`.
+    pub outcome: String,
+    /// Response status.
+    pub http_status: Option<i16>,
+    /// Duration.
+    pub duration_ms: i32,
+    /// Error text.
+    pub error: Option<String>,
+    /// Start of the response body.
+    pub response_excerpt: Option<String>,
+    /// When the next attempt is due.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When the attempt was logged.
+    pub created_at: DateTime<Utc>,
+}
+
+const ATTEMPT_COLUMNS: &str =
+    "id, delivery_id, event_id, webhook_id, organization, action, chunk, attempt,
+    outcome, http_status, duration_ms, error, response_excerpt, next_attempt_at, created_at";
+
+fn attempt_from_row(r: &tokio_postgres::Row) -> Result<AttemptRecord, StoreError> {
+    Ok(AttemptRecord {
+        id: r.try_get(0)?,
+        delivery_id: r.try_get(1)?,
+        event_id: r.try_get(2)?,
+        webhook_id: r.try_get(3)?,
+        organization: r.try_get(4)?,
+        action: r.try_get(5)?,
+        chunk: r.try_get(6)?,
+        attempt: r.try_get(7)?,
+        outcome: r.try_get(8)?,
+        http_status: r.try_get(9)?,
+        duration_ms: r.try_get(10)?,
+        error: r.try_get(11)?,
+        response_excerpt: r.try_get(12)?,
+        next_attempt_at: r.try_get(13)?,
+        created_at: r.try_get(14)?,
+    })
+}
+
+/// Filters and position of one page of a webhook's log.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptQuery {
+    /// Only this outcome.
+    pub outcome: Option<String>,
+    /// Only this action.
+    pub action: Option<String>,
+    /// Only attempts at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only attempts before this time.
+    pub until: Option<DateTime<Utc>>,
+    /// Keyset cursor: only attempts older than this (created_at, id).
+    pub before: Option<(DateTime<Utc>, i64)>,
+    /// Page size.
+    pub limit: i64,
+}
+
+/// A page of a webhook's attempts, newest first.
+pub async fn list_attempts(
+    client: &impl tokio_postgres::GenericClient,
+    webhook_id: i64,
+    q: &AttemptQuery,
+) -> Result<Vec<AttemptRecord>, StoreError> {
+    let (before_at, before_id) = match q.before {
+        Some((at, id)) => (Some(at), Some(id)),
+        None => (None, None),
+    };
+    let sql = format!(
+        "SELECT {ATTEMPT_COLUMNS} FROM delivery_attempts WHERE webhook_id = $1
+            AND ($2::text IS NULL OR outcome = $2) AND ($3::text IS NULL OR action = $3)
+            AND ($4::timestamptz IS NULL OR created_at >= $4) AND ($5::timestamptz IS NULL OR created_at < $5)
+            AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7::int8))
+          ORDER BY created_at DESC, id DESC LIMIT $8"
+    );
+    let rows = client
+        .query(
+            &sql,
+            &[
+                &webhook_id,
+                &q.outcome,
+                &q.action,
+                &q.since,
+                &q.until,
+                &before_at,
+                &before_id,
+                &q.limit,
+            ],
+        )
+        .await?;
+    rows.iter().map(attempt_from_row).collect()
+}
+
+/// Every attempt of one delivery of `organization`, oldest first.
+pub async fn delivery_attempts(
+    client: &impl tokio_postgres::GenericClient,
+    organization: i64,
+    delivery_id: Uuid,
+) -> Result<Vec<AttemptRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {ATTEMPT_COLUMNS} FROM delivery_attempts
+          WHERE delivery_id = $1 AND organization = $2 ORDER BY created_at, id"
+    );
+    let rows = client.query(&sql, &[&delivery_id, &organization]).await?;
+    rows.iter().map(attempt_from_row).collect()
+}
+
+/// The latest attempt of each delivery of `webhook_id` since `since` that did not succeed (at most `limit`).
+pub async fn unsuccessful_deliveries(
+    client: &impl tokio_postgres::GenericClient,
+    webhook_id: i64,
+    since: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<AttemptRecord>, StoreError> {
+    let sql = format!(
+        "SELECT * FROM (SELECT DISTINCT ON (delivery_id) {ATTEMPT_COLUMNS} FROM delivery_attempts
+                          WHERE webhook_id = $1 AND created_at >= $2
+                          ORDER BY delivery_id, created_at DESC, id DESC) latest
+          WHERE outcome IN ('failed', 'dead') LIMIT $3"
+    );
+    let rows = client.query(&sql, &[&webhook_id, &since, &limit]).await?;
+    rows.iter().map(attempt_from_row).collect()
+}

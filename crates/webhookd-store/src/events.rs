@@ -103,3 +103,58 @@ pub async fn load_event_body(
         .await?;
     Ok(row.map(|r| r.get(0)))
 }
+
+/// Records `key` for `organization` as publishing `event_id`; if the key was already used, returns the
+/// event id it published.
+pub async fn claim_idempotency_key(
+    client: &impl GenericClient,
+    organization: i64,
+    key: &str,
+    event_id: &str,
+) -> Result<Option<String>, StoreError> {
+    let inserted = client
+        .execute(
+            "INSERT INTO idempotency_keys (organization, key, event_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&organization, &key, &event_id],
+        )
+        .await?;
+    if inserted == 1 {
+        return Ok(None);
+    }
+    let row = client
+        .query_one(
+            "SELECT event_id FROM idempotency_keys WHERE organization = $1 AND key = $2",
+            &[&organization, &key],
+        )
+        .await?;
+    Ok(Some(row.get(0)))
+}
+
+/// Forgets a key whose publish failed, so that a retry of the request can publish.
+pub async fn release_idempotency_key(
+    client: &impl GenericClient,
+    organization: i64,
+    key: &str,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "DELETE FROM idempotency_keys WHERE organization = $1 AND key = $2",
+            &[&organization, &key],
+        )
+        .await?;
+    Ok(())
+}
+
+/// A stored event's organization and envelope.
+pub async fn load_event(
+    client: &impl GenericClient,
+    id: Uuid,
+) -> Result<Option<(i64, String)>, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT organization, body::text FROM events WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}

@@ -1,5 +1,6 @@
 //! PostgreSQL for webhookd: schema migrations, webhooks and their subscriptions, events, the delivery log.
 
+pub mod api_tokens;
 pub mod database;
 pub mod delivery_log;
 pub mod events;

@@ -11,6 +11,9 @@ use crate::StoreError;
 const SELECT_SUBSCRIPTIONS: &str = "
     SELECT w.id, w.organization, w.project, w.url, w.send_payload, w.send_for_all_actions, w.headers,
            w.is_active, w.secret,
+           ARRAY(SELECT p.secret FROM webhook_previous_secrets p
+                  WHERE p.webhook_id = w.id AND p.expires_at > now()
+                  ORDER BY p.expires_at DESC) AS previous_secrets,
            COALESCE(array_agg(a.action) FILTER (WHERE a.action IS NOT NULL), '{}') AS actions
       FROM webhooks w LEFT JOIN webhook_actions a ON a.webhook_id = w.id
      WHERE ($1::bigint IS NULL OR w.organization = $1)
@@ -22,7 +25,15 @@ pub async fn load_subscriptions(
     organization: Option<i64>,
 ) -> Result<Vec<Subscription>, StoreError> {
     let rows = client.query(SELECT_SUBSCRIPTIONS, &[&organization]).await?;
-    rows.iter().map(subscription_from_row).collect()
+    let mut subs = Vec::with_capacity(rows.len());
+    for row in &rows {
+        match subscription_from_row(row) {
+            Ok(sub) => subs.push(sub),
+            // One unusable row must not stop every other webhook from being delivered to.
+            Err(e) => tracing::error!(error = %e, "webhook skipped: its row cannot be used"),
+        }
+    }
+    Ok(subs)
 }
 
 fn subscription_from_row(row: &Row) -> Result<Subscription, StoreError> {
@@ -41,6 +52,14 @@ fn subscription_from_row(row: &Row) -> Result<Subscription, StoreError> {
     let secret: String = row.try_get("secret")?;
     let secret = SigningSecret::parse(&secret)
         .map_err(|e| StoreError::Corrupt(format!("webhook {id} secret: {e}")))?;
+    let mut secrets = vec![secret];
+    let previous: Vec<String> = row.try_get("previous_secrets")?;
+    for old in previous {
+        secrets.push(
+            SigningSecret::parse(&old)
+                .map_err(|e| StoreError::Corrupt(format!("webhook {id} old secret: {e}")))?,
+        );
+    }
     let actions: Vec<String> = row.try_get("actions")?;
     Ok(Subscription {
         id,
@@ -52,7 +71,7 @@ fn subscription_from_row(row: &Row) -> Result<Subscription, StoreError> {
         headers,
         is_active: row.try_get("is_active")?,
         actions: actions.into_iter().collect::<BTreeSet<_>>(),
-        secrets: vec![secret],
+        secrets,
     })
 }
 
@@ -114,6 +133,168 @@ pub async fn create_webhook(
 ) -> Result<(i64, SigningSecret), StoreError> {
     let tx = client.transaction().await?;
     ensure_organization(&tx, new.organization).await?;
+    let id = insert_webhook(&tx, new).await?;
+    let secret = webhook_secret(&tx, new.organization, id)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt(format!("webhook {id} vanished")))?;
+    tx.commit().await?;
+    let secret = SigningSecret::parse(&secret).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok((id, secret))
+}
+
+/// A webhook as the management API shows it (Label Studio's fields plus `consecutive_failures`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookRecord {
+    /// Id.
+    pub id: i64,
+    /// Organization.
+    pub organization: i64,
+    /// Project, or `None` for an organization-level webhook.
+    pub project: Option<i64>,
+    /// Target URL.
+    pub url: String,
+    /// Send the payload.
+    pub send_payload: bool,
+    /// Send every action.
+    pub send_for_all_actions: bool,
+    /// Static headers.
+    pub headers: Map<String, Value>,
+    /// Active.
+    pub is_active: bool,
+    /// Failed attempts in a row.
+    pub consecutive_failures: i32,
+    /// Listed actions, sorted.
+    pub actions: Vec<String>,
+    /// Creation time.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Last change.
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+const SELECT_RECORDS: &str = "
+    SELECT w.id, w.organization, w.project, w.url, w.send_payload, w.send_for_all_actions, w.headers,
+           w.is_active, w.consecutive_failures, w.created_at, w.updated_at,
+           ARRAY(SELECT a.action FROM webhook_actions a WHERE a.webhook_id = w.id ORDER BY a.action) AS actions
+      FROM webhooks w";
+
+fn record_from_row(row: &Row) -> Result<WebhookRecord, StoreError> {
+    let headers = match row.try_get::<_, Value>("headers")? {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    Ok(WebhookRecord {
+        id: row.try_get("id")?,
+        organization: row.try_get("organization")?,
+        project: row.try_get("project")?,
+        url: row.try_get("url")?,
+        send_payload: row.try_get("send_payload")?,
+        send_for_all_actions: row.try_get("send_for_all_actions")?,
+        headers,
+        is_active: row.try_get("is_active")?,
+        consecutive_failures: row.try_get("consecutive_failures")?,
+        actions: row.try_get("actions")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// Which webhooks a list shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProjectFilter {
+    /// All of the organization's.
+    Any,
+    /// Organization-level ones only (`?project=isnull`).
+    OrganizationLevel,
+    /// Those of one project (`?project=<id>`).
+    Project(i64),
+}
+
+/// An organization's webhooks, by id.
+pub async fn list_webhooks(
+    client: &impl GenericClient,
+    organization: i64,
+    filter: ProjectFilter,
+) -> Result<Vec<WebhookRecord>, StoreError> {
+    let (mode, project): (i32, Option<i64>) = match filter {
+        ProjectFilter::Any => (0, None),
+        ProjectFilter::OrganizationLevel => (1, None),
+        ProjectFilter::Project(p) => (2, Some(p)),
+    };
+    let sql = format!(
+        "{SELECT_RECORDS} WHERE w.organization = $1 AND ($2 = 0 OR ($2 = 1 AND w.project IS NULL)
+                                               OR ($2 = 2 AND w.project = $3)) ORDER BY w.id"
+    );
+    let rows = client
+        .query(&sql, &[&organization, &mode, &project])
+        .await?;
+    rows.iter().map(record_from_row).collect()
+}
+
+/// One webhook of `organization`; `None` if it does not exist there.
+pub async fn get_webhook(
+    client: &impl GenericClient,
+    organization: i64,
+    id: i64,
+) -> Result<Option<WebhookRecord>, StoreError> {
+    let sql = format!("{SELECT_RECORDS} WHERE w.organization = $1 AND w.id = $2");
+    let row = client.query_opt(&sql, &[&organization, &id]).await?;
+    row.as_ref().map(record_from_row).transpose()
+}
+
+/// Why a webhook was not created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    /// The organization already has its maximum.
+    #[error("organization {organization} already has {limit} webhooks, the maximum (WEBHOOK_MAX_PER_ORGANIZATION)")]
+    Limit {
+        /// Organization.
+        organization: i64,
+        /// The maximum.
+        limit: i64,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Creates a webhook unless its organization already has `limit` (counted under a lock, so concurrent
+/// creations cannot pass it).
+pub async fn create_webhook_limited(
+    client: &mut tokio_postgres::Client,
+    new: &NewWebhook,
+    limit: i64,
+) -> Result<WebhookRecord, CreateError> {
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    ensure_organization(&tx, new.organization).await?;
+    tx.execute(
+        "SELECT 1 FROM organizations WHERE id = $1 FOR UPDATE",
+        &[&new.organization],
+    )
+    .await
+    .map_err(StoreError::from)?;
+    let count: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM webhooks WHERE organization = $1",
+            &[&new.organization],
+        )
+        .await
+        .map_err(StoreError::from)?
+        .get(0);
+    if count >= limit {
+        return Err(CreateError::Limit {
+            organization: new.organization,
+            limit,
+        });
+    }
+    let id = insert_webhook(&tx, new).await?;
+    let record = get_webhook(&tx, new.organization, id)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt(format!("webhook {id} vanished")))?;
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(record)
+}
+
+async fn insert_webhook(tx: &impl GenericClient, new: &NewWebhook) -> Result<i64, StoreError> {
     let secret = SigningSecret::generate();
     let row = tx
         .query_one(
@@ -133,13 +314,150 @@ pub async fn create_webhook(
         )
         .await?;
     let id: i64 = row.try_get(0)?;
-    if !new.actions.is_empty() {
+    set_actions(tx, id, &new.actions).await?;
+    Ok(id)
+}
+
+async fn set_actions(
+    tx: &impl GenericClient,
+    id: i64,
+    actions: &[String],
+) -> Result<(), StoreError> {
+    tx.execute("DELETE FROM webhook_actions WHERE webhook_id = $1", &[&id])
+        .await?;
+    if !actions.is_empty() {
         tx.execute(
             "INSERT INTO webhook_actions (webhook_id, action) SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
-            &[&id, &new.actions],
+            &[&id, &actions],
         )
         .await?;
     }
+    Ok(())
+}
+
+/// The fields an update sets; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct WebhookChanges {
+    /// New URL.
+    pub url: Option<String>,
+    /// New `send_payload`.
+    pub send_payload: Option<bool>,
+    /// New `send_for_all_actions`.
+    pub send_for_all_actions: Option<bool>,
+    /// New static headers.
+    pub headers: Option<Map<String, Value>>,
+    /// New `is_active`.
+    pub is_active: Option<bool>,
+    /// New action list (replaces the old one).
+    pub actions: Option<Vec<String>>,
+}
+
+/// Applies `changes`; as in Label Studio's newest code, re-activating a webhook or changing its URL or
+/// headers resets `consecutive_failures`. `None` if the webhook is not the organization's.
+pub async fn update_webhook(
+    client: &mut tokio_postgres::Client,
+    organization: i64,
+    id: i64,
+    changes: &WebhookChanges,
+) -> Result<Option<WebhookRecord>, StoreError> {
+    let tx = client.transaction().await?;
+    let headers = changes.headers.clone().map(Value::Object);
+    let updated = tx
+        .execute(
+            "UPDATE webhooks SET
+                 consecutive_failures = CASE
+                     WHEN ($7::bool IS TRUE AND NOT is_active)
+                       OR ($3::text IS NOT NULL AND $3 <> url)
+                       OR ($6::jsonb IS NOT NULL AND $6 <> headers) THEN 0
+                     ELSE consecutive_failures END,
+                 url = COALESCE($3, url),
+                 send_payload = COALESCE($4, send_payload),
+                 send_for_all_actions = COALESCE($5, send_for_all_actions),
+                 headers = COALESCE($6, headers),
+                 is_active = COALESCE($7, is_active),
+                 updated_at = now()
+             WHERE organization = $1 AND id = $2",
+            &[
+                &organization,
+                &id,
+                &changes.url,
+                &changes.send_payload,
+                &changes.send_for_all_actions,
+                &headers,
+                &changes.is_active,
+            ],
+        )
+        .await?;
+    if updated == 0 {
+        return Ok(None);
+    }
+    if let Some(actions) = &changes.actions {
+        set_actions(&tx, id, actions).await?;
+    }
+    let record = get_webhook(&tx, organization, id).await?;
     tx.commit().await?;
-    Ok((id, secret))
+    Ok(record)
+}
+
+/// Deletes a webhook; whether it existed in the organization.
+pub async fn delete_webhook(
+    client: &impl GenericClient,
+    organization: i64,
+    id: i64,
+) -> Result<bool, StoreError> {
+    let n = client
+        .execute(
+            "DELETE FROM webhooks WHERE organization = $1 AND id = $2",
+            &[&organization, &id],
+        )
+        .await?;
+    Ok(n > 0)
+}
+
+/// The current signing secret of a webhook of `organization`.
+pub async fn webhook_secret(
+    client: &impl GenericClient,
+    organization: i64,
+    id: i64,
+) -> Result<Option<String>, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT secret FROM webhooks WHERE organization = $1 AND id = $2",
+            &[&organization, &id],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Replaces the signing secret; the old one keeps signing (alongside) for `grace`. Returns the new one.
+pub async fn rotate_secret(
+    client: &mut tokio_postgres::Client,
+    organization: i64,
+    id: i64,
+    grace: std::time::Duration,
+) -> Result<Option<String>, StoreError> {
+    let tx = client.transaction().await?;
+    let Some(old) = webhook_secret(&tx, organization, id).await? else {
+        return Ok(None);
+    };
+    let new = SigningSecret::generate().expose();
+    let grace_secs = grace.as_secs_f64();
+    tx.execute(
+        "INSERT INTO webhook_previous_secrets (webhook_id, secret, expires_at)
+         VALUES ($1, $2, now() + make_interval(secs => $3))",
+        &[&id, &old, &grace_secs],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM webhook_previous_secrets WHERE webhook_id = $1 AND expires_at <= now()",
+        &[&id],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE webhooks SET secret = $2, updated_at = now() WHERE id = $1",
+        &[&id, &new],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Some(new))
 }

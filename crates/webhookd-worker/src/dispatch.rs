@@ -13,6 +13,9 @@ use webhookd_core::{AttemptResult, DeliveryId, EventId, NetworkPolicy, Subscript
 /// The `User-Agent` webhookd sends unless a webhook's static headers set one.
 pub const DEFAULT_USER_AGENT: &str = concat!("webhookd/", env!("CARGO_PKG_VERSION"));
 
+/// How an attempt refused by SSRF protection is described.
+pub const BLOCKED: &str = "blocked by SSRF protection";
+
 /// One attempt to send.
 pub struct Attempt<'a> {
     /// The webhook.
@@ -135,7 +138,9 @@ impl Dispatcher {
         let response = match sent {
             Ok(r) => r,
             Err(e) => {
-                let result = if e.is_builder() {
+                let error = describe(&e);
+                // Refused by SSRF protection (after DNS) is final, as it is for an IP address in the URL.
+                let result = if e.is_builder() || error.starts_with(BLOCKED) {
                     AttemptResult::Unsendable
                 } else {
                     AttemptResult::Transport
@@ -143,7 +148,7 @@ impl Dispatcher {
                 return AttemptReport {
                     result,
                     http_status: None,
-                    error: Some(describe(&e)),
+                    error: Some(error),
                     excerpt: None,
                     duration: started.elapsed(),
                 };
@@ -268,7 +273,7 @@ pub fn describe(e: &reqwest::Error) -> String {
     let detail = chain.join(": ");
     let lower = detail.to_ascii_lowercase();
     let kind = if lower.contains("which webhooks may not reach") {
-        "blocked by SSRF protection"
+        BLOCKED
     } else if e.is_timeout() {
         "timeout"
     } else if lower.contains("dns error") || lower.contains("failed to lookup address") {

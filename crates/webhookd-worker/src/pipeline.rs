@@ -9,7 +9,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
-use lapin::types::AMQPValue;
+use lapin::types::{AMQPValue, FieldTable};
 use webhookd_broker::{ConfirmedPublisher, PublishError, RetryTask, Topology};
 use webhookd_core::body::{self, EventBodies};
 use webhookd_core::endpoint_health::HealthSignal;
@@ -20,6 +20,10 @@ use webhookd_store::events::NewEvent;
 use crate::batcher::Stopped;
 use crate::dispatch::{Attempt, AttemptReport};
 use crate::worker::Shared;
+
+/// How long a handler that could not finish waits before returning its message, so that a broker
+/// problem does not turn into a redelivery loop.
+const NACK_DELAY: Duration = Duration::from_secs(1);
 
 /// Why a message could not be finished; it is left for redelivery.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +53,8 @@ async fn settle(delivery: Delivery, result: Result<(), HandleError>) {
         Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
         Err(e) => {
             tracing::warn!(error = %e, "message not finished; returning it to the queue");
+            // Whatever failed (the broker, most likely) gets a moment before the message comes back.
+            tokio::time::sleep(NACK_DELAY).await;
             delivery
                 .acker
                 .nack(BasicNackOptions {
@@ -148,9 +154,21 @@ async fn process_retry(
     }
     // Less than one ladder step left: wait it out here so that no attempt is ever early.
     tokio::time::sleep(remaining).await;
+    let webhook = shared.cache.snapshot().get(task.webhook_id).cloned();
     let Some(stored) = shared.load_event(task.event_id).await? else {
         let reason = format!("event {} is no longer stored", task.event_id);
-        return dead_letter(publisher, &settings.topology, delivery, &reason).await;
+        return match webhook {
+            // Close the delivery in the log so that it does not stay "failed" forever.
+            Some(w) => {
+                finish(
+                    shared,
+                    publisher,
+                    vec![abandon_unknown_event(&w, &task, &reason)],
+                )
+                .await
+            }
+            None => dead_letter(publisher, &settings.topology, delivery, &reason).await,
+        };
     };
     let event = match Event::parse(stored.as_bytes(), &settings.catalog) {
         Ok(event) => event,
@@ -160,9 +178,8 @@ async fn process_retry(
         }
     };
     let event_id = EventId(task.event_id);
-    let webhook = shared.cache.snapshot().get(task.webhook_id).cloned();
     let done = match webhook {
-        Some(webhook) if webhook.is_active => {
+        Some(webhook) if webhook.matches(event.organization, event.project_id, &event.action) => {
             let bodies = build_bodies(shared, &event);
             let chunk = (task.chunk as usize).min(bodies.len() - 1);
             vec![
@@ -178,7 +195,13 @@ async fn process_retry(
                 .await,
             ]
         }
-        Some(_) => vec![abandon(&event, event_id, &task, "webhook is inactive")],
+        Some(w) if !w.is_active => vec![abandon(&event, event_id, &task, "webhook is inactive")],
+        Some(_) => vec![abandon(
+            &event,
+            event_id,
+            &task,
+            "webhook no longer subscribes to this event",
+        )],
         None => vec![abandon(&event, event_id, &task, "webhook was deleted")],
     };
     finish(shared, publisher, done).await
@@ -313,6 +336,36 @@ fn abandon(
     (row, None)
 }
 
+/// A pending retry whose event has been pruned: logged as dead on the webhook's organization.
+fn abandon_unknown_event(
+    webhook: &Subscription,
+    task: &RetryTask,
+    reason: &str,
+) -> (AttemptRow, Option<RetryTask>) {
+    let event_id = EventId(task.event_id);
+    let delivery_id = DeliveryId::derive(event_id, task.webhook_id, task.chunk);
+    tracing::info!(event_id = %event_id, delivery_id = %delivery_id, webhook_id = task.webhook_id,
+        organization = webhook.organization, attempt = task.attempt, outcome = "dead", error = reason,
+        "delivery attempt");
+    let row = AttemptRow {
+        delivery_id: delivery_id.0,
+        event_id: event_id.0,
+        webhook_id: task.webhook_id,
+        organization: webhook.organization,
+        action: String::new(),
+        chunk: task.chunk as i32,
+        attempt: task.attempt as i32,
+        outcome: Outcome::Dead,
+        http_status: None,
+        duration_ms: 0,
+        error: Some(reason.to_owned()),
+        response_excerpt: None,
+        next_attempt_at: None,
+        health: None,
+    };
+    (row, None)
+}
+
 fn log_attempt(
     webhook: &Subscription,
     event: &Event,
@@ -384,7 +437,16 @@ async fn dead_letter(
 ) -> Result<(), HandleError> {
     tracing::warn!(reason, routing_key = %delivery.routing_key, redelivered = delivery.redelivered,
         "malformed message moved to the dead-letter queue");
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    // Keep the message as it was (message id, content type, headers) so it can be replayed as is; the
+    // broker's own delivery counter is dropped.
+    let mut headers = FieldTable::default();
+    if let Some(old) = delivery.properties.headers() {
+        for (k, v) in old.inner() {
+            if k.as_str() != "x-delivery-count" {
+                headers.insert(k.clone(), v.clone());
+            }
+        }
+    }
     headers.insert(
         "x-webhookd-reason".into(),
         AMQPValue::LongString(reason.into()),
@@ -397,14 +459,13 @@ async fn dead_letter(
         "x-webhookd-dead-at".into(),
         AMQPValue::LongString(Utc::now().to_rfc3339().into()),
     );
+    let props = delivery
+        .properties
+        .clone()
+        .with_headers(headers)
+        .with_delivery_mode(2);
     publisher
-        .publish_json(
-            "",
-            &topology.dead_queue(),
-            &delivery.data,
-            None,
-            Some(headers),
-        )
+        .publish("", &topology.dead_queue(), &delivery.data, props)
         .await?;
     Ok(())
 }

@@ -61,6 +61,14 @@ pub struct Config {
     pub catalog: Arc<Catalog>,
     /// `WEBHOOKD_SSRF_PROTECTION` and `WEBHOOKD_ALLOWED_NETWORKS`.
     pub network_policy: NetworkPolicy,
+    /// `WEBHOOKD_LISTEN`.
+    pub listen: std::net::SocketAddr,
+    /// `WEBHOOK_MAX_PER_ORGANIZATION`.
+    pub max_webhooks_per_organization: i64,
+    /// `WEBHOOKD_MAX_BODY_BYTES`.
+    pub max_body_bytes: usize,
+    /// `WEBHOOKD_SECRET_ROTATION_GRACE`.
+    pub secret_grace: Duration,
 }
 
 struct Env<'a> {
@@ -152,7 +160,12 @@ impl Config {
                 expected: "an amqp:// URL",
             });
         }
-        let schedule_text = env.string("WEBHOOK_RETRY_SCHEDULE", DEFAULT_SCHEDULE);
+        // Set but empty (or "none") means no retries; unset means the default schedule.
+        let schedule_text = match (env.lookup)("WEBHOOK_RETRY_SCHEDULE") {
+            None => DEFAULT_SCHEDULE.to_owned(),
+            Some(v) if v.trim().eq_ignore_ascii_case("none") => String::new(),
+            Some(v) => v,
+        };
         let retry_schedule =
             RetryPolicy::parse_schedule(&schedule_text).map_err(|_| ConfigError::Invalid {
                 var: "WEBHOOK_RETRY_SCHEDULE",
@@ -234,7 +247,50 @@ impl Config {
             )?,
             catalog: Arc::new(catalog),
             network_policy,
+            listen: env.parse(
+                "WEBHOOKD_LISTEN",
+                std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+                "an address and port such as 127.0.0.1:8080",
+                |_| true,
+            )?,
+            max_webhooks_per_organization: env.parse(
+                "WEBHOOK_MAX_PER_ORGANIZATION",
+                100i64,
+                "a positive integer",
+                |n| *n > 0,
+            )?,
+            max_body_bytes: env.parse(
+                "WEBHOOKD_MAX_BODY_BYTES",
+                1usize << 20,
+                "a positive number of bytes",
+                |n| *n > 0,
+            )?,
+            secret_grace: env.seconds(
+                "WEBHOOKD_SECRET_ROTATION_GRACE",
+                86_400.0,
+                "a positive number of seconds",
+            )?,
         })
+    }
+
+    /// The API's settings.
+    pub fn api_settings(&self) -> webhookd_api::ApiSettings {
+        webhookd_api::ApiSettings {
+            listen: self.listen,
+            database_url: self.database_url.clone(),
+            amqp_url: self.amqp_url.clone(),
+            topology: self.topology(),
+            catalog: self.catalog.clone(),
+            max_webhooks_per_organization: self.max_webhooks_per_organization,
+            max_body_bytes: self.max_body_bytes,
+            network_policy: self.network_policy.clone(),
+            secret_grace: self.secret_grace,
+            timeout: self.timeout,
+            response_excerpt_bytes: self.response_excerpt_bytes,
+            batch_size: self.batch_size,
+            max_consecutive_failures: self.max_consecutive_failures,
+            pool_size: self.pool_size,
+        }
     }
 
     /// The retry policy.
@@ -343,5 +399,13 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_millis(250));
         assert_eq!(c.retry_policy().max_attempts(), 3);
         assert_eq!(c.max_consecutive_failures, 0);
+        for off in ["", "none"] {
+            let c = config(&[("WEBHOOK_RETRY_SCHEDULE", off)]).unwrap();
+            assert_eq!(
+                c.retry_policy().max_attempts(),
+                1,
+                "{off:?} turns retries off"
+            );
+        }
     }
 }

@@ -24,14 +24,37 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run everything in one process (workers now; the management API joins it with the API release).
+    /// Run the API and a worker in one process.
     Serve,
-    /// Run a worker: consume events and deliver them.
+    /// Run the management API only.
+    Api,
+    /// Run a worker only: consume events and deliver them.
     Worker,
+    /// Manage API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Create the database if needed, apply migrations and declare the RabbitMQ topology, then exit.
     Migrate,
     /// Publish one event through the producer client (waits for the broker's confirm).
     Publish(PublishArgs),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Mint a token for an organization (created if it does not exist); prints the key alone on stdout.
+    Create {
+        /// The organization the token acts for.
+        #[arg(long)]
+        organization: i64,
+        /// A label to recognise the token by.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Revoke a token.
+    Revoke {
+        /// The token's key.
+        key: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -65,7 +88,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    logging::init();
+    logging::init(matches!(
+        cli.command,
+        Command::Publish(_) | Command::Token(_) | Command::Migrate
+    ));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -78,7 +104,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve | Command::Worker => run_worker(&config).await,
+            Command::Serve => serve(&config, true, true).await,
+            Command::Api => serve(&config, true, false).await,
+            Command::Worker => serve(&config, false, true).await,
+            Command::Token(cmd) => token(&config, cmd).await,
             Command::Migrate => migrate(&config).await,
             Command::Publish(args) => publish(&config, args).await,
         }
@@ -93,14 +122,70 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run_worker(config: &Config) -> Result<(), String> {
-    let worker = Worker::start(config.worker_settings())
-        .await
-        .map_err(|e| e.to_string())?;
+/// Runs the API, the worker or both until a signal; if one stops on its own, the other is stopped too.
+async fn serve(config: &Config, api: bool, worker: bool) -> Result<(), String> {
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    worker.run(shutdown).await.map_err(|e| e.to_string())?;
-    tracing::info!("worker stopped");
+    let api_task = async {
+        if !api {
+            return Ok(());
+        }
+        let settings = config.api_settings();
+        let listener = webhookd_api::bind(&settings)
+            .await
+            .map_err(|e| e.to_string())?;
+        let state = webhookd_api::state(settings)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(listen = %config.listen, "API listening");
+        let result = webhookd_api::serve(listener, state, shutdown.clone()).await;
+        shutdown.cancel();
+        result.map_err(|e| format!("API: {e}"))
+    };
+    let worker_task = async {
+        if !worker {
+            return Ok(());
+        }
+        let result = match Worker::start(config.worker_settings()).await {
+            Ok(w) => w.run(shutdown.clone()).await,
+            Err(e) => Err(e),
+        };
+        shutdown.cancel();
+        result.map_err(|e| format!("worker: {e}"))
+    };
+    let (api_result, worker_result) = tokio::join!(api_task, worker_task);
+    api_result.and(worker_result)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn token(config: &Config, cmd: TokenCommand) -> Result<(), String> {
+    webhookd_store::migrate::migrate(&config.database_url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let pool =
+        webhookd_store::database::pool(&config.database_url, 2).map_err(|e| e.to_string())?;
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    match cmd {
+        TokenCommand::Create { organization, name } => {
+            if organization <= 0 {
+                return Err("--organization must be a positive integer".into());
+            }
+            let key = webhookd_store::api_tokens::create_token(&**client, organization, &name)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{key}");
+        }
+        TokenCommand::Revoke { key } => {
+            let revoked = webhookd_store::api_tokens::revoke_token(&**client, &key)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !revoked {
+                return Err("no active token has this key".into());
+            }
+            eprintln!("token revoked");
+        }
+    }
     Ok(())
 }
 

@@ -1,0 +1,137 @@
+//! webhookd's management REST API: Label Studio-compatible `/api/webhooks/`, the delivery log, test pings,
+//! redelivery, secret rotation and HTTP event ingest, with token authentication scoped to an organization.
+
+pub mod broker;
+pub mod error;
+pub mod extract;
+pub mod openapi;
+pub mod routes;
+pub mod state;
+pub mod validation;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, MethodRouter};
+use axum::{Json, Router};
+use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use webhookd_store::{database, migrate, StoreError};
+use webhookd_worker::dispatch::Dispatcher;
+
+pub use state::{ApiSettings, AppState};
+
+use crate::routes::{deliveries, events, info, secrets, webhook_test, webhooks};
+
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiStartError {
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The HTTP client could not be built.
+    #[error("HTTP client: {0}")]
+    Http(String),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Migrates the database and builds the state every route shares.
+pub async fn state(settings: ApiSettings) -> Result<AppState, ApiStartError> {
+    migrate::migrate(&settings.database_url).await?;
+    let pool = database::pool(&settings.database_url, settings.pool_size)?;
+    let dispatcher = Dispatcher::new(
+        settings.timeout,
+        settings.response_excerpt_bytes,
+        settings.network_policy.clone(),
+    )
+    .map_err(|e| ApiStartError::Http(e.to_string()))?;
+    let broker = broker::Broker::new(settings.amqp_url.clone(), settings.topology.clone());
+    Ok(AppState {
+        settings: Arc::new(settings),
+        pool,
+        broker: Arc::new(broker),
+        dispatcher,
+    })
+}
+
+/// Adds `path` and its form without the trailing slash (Label Studio's clients send the slash).
+fn route(
+    router: Router<AppState>,
+    path: &str,
+    handler: MethodRouter<AppState>,
+) -> Router<AppState> {
+    router
+        .route(path, handler.clone())
+        .route(path.trim_end_matches('/'), handler)
+}
+
+/// Every route of the API.
+pub fn router(state: AppState) -> Router {
+    let mut r = Router::new();
+    r = route(
+        r,
+        "/api/webhooks/",
+        get(webhooks::list).post(webhooks::create),
+    );
+    r = route(r, "/api/webhooks/info/", get(info::info));
+    r = route(
+        r,
+        "/api/webhooks/{id}/",
+        get(webhooks::get)
+            .put(webhooks::put)
+            .patch(webhooks::patch)
+            .delete(webhooks::delete),
+    );
+    r = route(r, "/api/webhooks/{id}/deliveries/", get(deliveries::list));
+    r = route(r, "/api/webhooks/{id}/recover/", post(deliveries::recover));
+    r = route(r, "/api/webhooks/{id}/test/", post(webhook_test::test));
+    r = route(r, "/api/webhooks/{id}/secret/", get(secrets::get));
+    r = route(
+        r,
+        "/api/webhooks/{id}/secret/rotate/",
+        post(secrets::rotate),
+    );
+    r = route(r, "/api/deliveries/{id}/", get(deliveries::detail));
+    r = route(
+        r,
+        "/api/deliveries/{id}/redeliver/",
+        post(deliveries::redeliver),
+    );
+    r = route(r, "/api/events/", post(events::ingest));
+    r = r.route(
+        "/api/openapi.json",
+        get(|| async { Json(openapi::ApiDoc::openapi()) }),
+    );
+    let limit = state.settings.max_body_bytes;
+    r.fallback(|| async { error::ApiError::NotFound })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// Binds `settings.listen`.
+pub async fn bind(settings: &ApiSettings) -> Result<tokio::net::TcpListener, ApiStartError> {
+    tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| ApiStartError::Listen {
+            addr: settings.listen,
+            source,
+        })
+}

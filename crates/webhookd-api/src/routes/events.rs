@@ -1,0 +1,103 @@
+//! `POST /api/events/`: HTTP ingest for producers without AMQP — the same envelope, validated, published
+//! with confirm, answered only once the broker has it.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde_json::{json, Value};
+use webhookd_core::{Event, EventError};
+use webhookd_store::events;
+
+use crate::error::ApiError;
+use crate::extract::{JsonBody, Principal};
+use crate::state::AppState;
+
+/// The longest `Idempotency-Key` accepted.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+fn event_error(e: EventError) -> ApiError {
+    let field = match &e {
+        EventError::Field { field, .. } => *field,
+        EventError::Version(_) => "version",
+        EventError::UnknownAction(_) => "action",
+        EventError::OrganizationOnly(_) => "project",
+        EventError::PayloadShape { .. } => "payload",
+        EventError::NotJson(_) | EventError::NotObject => "non_field_errors",
+    };
+    ApiError::field(field, e.to_string())
+}
+
+/// Publishes one event (version-1 envelope; `organization` defaults to the token's).
+#[utoipa::path(post, path = "/api/events/", tag = "events",
+    request_body(content = Object, description = "A version-1 event envelope (docs/events.md)"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key publishes once")),
+    responses((status = 202, body = Object, description = "{\"id\": event id}: the broker has it"),
+        (status = 400), (status = 401), (status = 413), (status = 503)))]
+pub async fn ingest(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    JsonBody(mut body): JsonBody,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Some(obj) = body.as_object_mut() else {
+        return Err(event_error(EventError::NotObject));
+    };
+    match obj.get("organization") {
+        None | Some(Value::Null) => {
+            obj.insert("organization".into(), json!(principal.organization));
+        }
+        Some(v) if v.as_i64() == Some(principal.organization) => {}
+        Some(_) => {
+            return Err(ApiError::field(
+                "organization",
+                format!(
+                    "must be your token's organization ({}) or left out",
+                    principal.organization
+                ),
+            ))
+        }
+    }
+    let mut event = Event::from_value(body, &state.settings.catalog).map_err(event_error)?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(k) if !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY => Some(k.to_owned()),
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "The Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters."
+                )))
+            }
+        },
+    };
+    let id = event
+        .producer_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    event.producer_id = Some(id.clone());
+    let client = state
+        .pool
+        .get()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if let Some(key) = &key {
+        if let Some(existing) =
+            events::claim_idempotency_key(&**client, principal.organization, key, &id).await?
+        {
+            return Ok((StatusCode::ACCEPTED, Json(json!({"id": existing}))));
+        }
+    }
+    let envelope = event.to_envelope().to_string();
+    if let Err(e) = state
+        .broker
+        .publish_event(&event.action, envelope.as_bytes(), &id)
+        .await
+    {
+        if let Some(key) = &key {
+            events::release_idempotency_key(&**client, principal.organization, key).await?;
+        }
+        return Err(ApiError::Unavailable(format!(
+            "The event was not published: {e}"
+        )));
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({"id": id}))))
+}

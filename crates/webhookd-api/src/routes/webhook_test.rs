@@ -1,0 +1,133 @@
+//! `POST /api/webhooks/{id}/test/`: sends a signed PING to the webhook now, answers with the outcome, and
+//! logs it like any delivery.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::Serialize;
+use serde_json::json;
+use webhookd_core::endpoint_health::HealthSignal;
+use webhookd_core::{python_json, AttemptResult, DeliveryId, EventId};
+use webhookd_store::delivery_log::{self, AttemptRow, Outcome};
+use webhookd_store::events::{self, NewEvent};
+use webhookd_store::webhooks;
+use webhookd_worker::dispatch::Attempt;
+
+use crate::error::ApiError;
+use crate::extract::Principal;
+use crate::routes::parse_id;
+use crate::state::AppState;
+
+/// The action name of test pings (not in the catalog: producers cannot publish it).
+pub const PING: &str = "PING";
+
+/// The body of a test ping, as Python's `json.dumps` writes it.
+pub fn ping_body(webhook_id: i64) -> Vec<u8> {
+    python_json::to_vec(&json!({"action": PING, "webhook": {"id": webhook_id}})).unwrap_or_default()
+}
+
+/// What the test got.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TestOutcome {
+    pub delivery_id: String,
+    pub event_id: String,
+    /// `succeeded` (2xx) or `dead` (a test is never retried).
+    pub status: String,
+    pub http_status: Option<u16>,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+    pub response_excerpt: Option<String>,
+}
+
+/// Sends a signed PING to the webhook and reports the outcome.
+#[utoipa::path(post, path = "/api/webhooks/{id}/test/", tag = "webhooks",
+    responses((status = 200, body = TestOutcome), (status = 404)))]
+pub async fn test(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<TestOutcome>, ApiError> {
+    let id = parse_id(&id)?;
+    let mut client = state
+        .pool
+        .get()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let webhook = webhooks::load_subscriptions(&**client, Some(principal.organization))
+        .await?
+        .into_iter()
+        .find(|w| w.id == id)
+        .ok_or(ApiError::NotFound)?;
+    let event_id = EventId::new();
+    let envelope = json!({"version": 1, "organization": principal.organization, "action": PING,
+        "project": null, "payload": {"webhook": {"id": id}}});
+    events::claim_events(
+        &**client,
+        &[NewEvent {
+            id: event_id.0,
+            organization: principal.organization,
+            project: None,
+            action: PING.to_owned(),
+            producer_id: None,
+            body: envelope.to_string(),
+        }],
+    )
+    .await?;
+    let delivery_id = DeliveryId::derive(event_id, id, 0);
+    let report = state
+        .dispatcher
+        .send(Attempt {
+            webhook: &webhook,
+            delivery_id,
+            event_id,
+            action: PING,
+            attempt: 1,
+            body: Bytes::from(ping_body(id)),
+        })
+        .await;
+    let succeeded = matches!(
+        report.result,
+        AttemptResult::Status {
+            code: 200..=299,
+            ..
+        }
+    );
+    let outcome = if succeeded {
+        Outcome::Succeeded
+    } else {
+        Outcome::Dead
+    };
+    let health = match report.result {
+        AttemptResult::Unsendable => None,
+        AttemptResult::Status { code: 410, .. } => Some(HealthSignal::Gone),
+        _ if succeeded => Some(HealthSignal::Success),
+        _ => Some(HealthSignal::Failure),
+    };
+    let row = AttemptRow {
+        delivery_id: delivery_id.0,
+        event_id: event_id.0,
+        webhook_id: id,
+        organization: principal.organization,
+        action: PING.to_owned(),
+        chunk: 0,
+        attempt: 1,
+        outcome,
+        http_status: report.http_status.map(|s| s as i16),
+        duration_ms: report.duration.as_millis().min(i32::MAX as u128) as i32,
+        error: report.error.clone(),
+        response_excerpt: report.excerpt.clone(),
+        next_attempt_at: None,
+        health,
+    };
+    delivery_log::write_attempts(&mut client, &[row], state.settings.max_consecutive_failures)
+        .await?;
+    Ok(Json(TestOutcome {
+        delivery_id: delivery_id.to_string(),
+        event_id: event_id.to_string(),
+        status: outcome.as_str().to_owned(),
+        http_status: report.http_status,
+        duration_ms: report.duration.as_millis() as u64,
+        error: report.error,
+        response_excerpt: report.excerpt,
+    }))
+}

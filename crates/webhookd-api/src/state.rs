@@ -1,0 +1,58 @@
+//! What every handler shares.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use webhookd_broker::Topology;
+use webhookd_core::{Catalog, NetworkPolicy};
+use webhookd_store::Pool;
+use webhookd_worker::dispatch::Dispatcher;
+
+use crate::broker::Broker;
+
+/// API settings (built from the environment by the binary, or directly by tests).
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// Where to listen (`WEBHOOKD_LISTEN`).
+    pub listen: SocketAddr,
+    /// `postgres://` URL.
+    pub database_url: String,
+    /// `amqp://` URL.
+    pub amqp_url: String,
+    /// Exchange and queue names.
+    pub topology: Topology,
+    /// Known actions.
+    pub catalog: Arc<Catalog>,
+    /// `WEBHOOK_MAX_PER_ORGANIZATION`.
+    pub max_webhooks_per_organization: i64,
+    /// `WEBHOOKD_MAX_BODY_BYTES`.
+    pub max_body_bytes: usize,
+    /// SSRF protection for webhook URLs.
+    pub network_policy: NetworkPolicy,
+    /// How long a rotated-out secret keeps signing (`WEBHOOKD_SECRET_ROTATION_GRACE`).
+    pub secret_grace: Duration,
+    /// Per-attempt timeout of test pings (`WEBHOOK_TIMEOUT`).
+    pub timeout: Duration,
+    /// Bytes of a test ping's response kept.
+    pub response_excerpt_bytes: usize,
+    /// Instances per POST, to show a delivery's body.
+    pub batch_size: usize,
+    /// Auto-disable threshold applied to test pings too.
+    pub max_consecutive_failures: i32,
+    /// Database connections.
+    pub pool_size: usize,
+}
+
+/// The state behind every route.
+#[derive(Clone)]
+pub struct AppState {
+    /// Settings.
+    pub settings: Arc<ApiSettings>,
+    /// Database connections.
+    pub pool: Pool,
+    /// Confirmed publishing (ingest, redelivery).
+    pub broker: Arc<Broker>,
+    /// The HTTP client of test pings.
+    pub dispatcher: Dispatcher,
+}

@@ -1,0 +1,964 @@
+//! The management API, black-box over HTTP: Label Studio's /api/webhooks/ semantics, validation, tokens
+//! and organization isolation, SSRF checks, the delivery log, tests, redelivery, secrets and ingest.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::receiver::Receiver;
+use support::{envelope, wait_for, TestEnv};
+use webhookd_core::{NetworkPolicy, RetryPolicy, SigningSecret};
+
+const DEADLINE: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_created_read_updated_and_deleted_as_in_label_studio() {
+    let env = TestEnv::new(|_| {}).await;
+    let api = env.start_api(|_| {}).await;
+    let t = env.token(1).await;
+    let t = Some(t.as_str());
+
+    let (status, hook) = api
+        .call(
+            "POST",
+            "/api/webhooks/",
+            t,
+            Some(&json!({"project": 1, "url": "http://127.0.0.1:9/hook",
+            "headers": {"Authorization": "Basic dXM6cHc="}, "send_for_all_actions": false,
+            "actions": ["ANNOTATION_CREATED"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{hook}");
+    let keys: Vec<&str> = hook
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "id",
+            "organization",
+            "project",
+            "url",
+            "send_payload",
+            "send_for_all_actions",
+            "headers",
+            "is_active",
+            "consecutive_failures",
+            "actions",
+            "created_at",
+            "updated_at"
+        ]
+    );
+    assert_eq!(
+        (hook["organization"].clone(), hook["project"].clone()),
+        (json!(1), json!(1))
+    );
+    assert_eq!(
+        (hook["send_payload"].clone(), hook["is_active"].clone()),
+        (json!(true), json!(true))
+    );
+    assert_eq!(hook["actions"], json!(["ANNOTATION_CREATED"]));
+    assert!(hook["created_at"].as_str().unwrap().ends_with('Z'));
+    let id = hook["id"].as_i64().unwrap();
+
+    let (status, org_hook) = api
+        .call(
+            "POST",
+            "/api/webhooks/",
+            t,
+            Some(&json!({"url": "http://127.0.0.1:9/org"})),
+        )
+        .await;
+    assert_eq!(
+        (status, org_hook["project"].clone()),
+        (201, Value::Null),
+        "organization-level webhooks can be created"
+    );
+
+    let (_, all) = api.call("GET", "/api/webhooks/", t, None).await;
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    let (_, p1) = api.call("GET", "/api/webhooks/?project=1", t, None).await;
+    assert_eq!(
+        p1.as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["id"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        [id]
+    );
+    let (_, org_level) = api
+        .call("GET", "/api/webhooks/?project=isnull", t, None)
+        .await;
+    assert_eq!(org_level[0]["id"], org_hook["id"]);
+    let (status, bad) = api.call("GET", "/api/webhooks/?project=abc", t, None).await;
+    assert_eq!(
+        (status, bad["validation_errors"]["project"].is_array()),
+        (400, true)
+    );
+
+    // PATCH changes only what it names: actions survive, project is write-once.
+    let (status, patched) = api
+        .call(
+            "PATCH",
+            &format!("/api/webhooks/{id}/"),
+            t,
+            Some(&json!({"send_payload": false, "project": null})),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["send_payload"], false);
+    assert_eq!(patched["actions"], json!(["ANNOTATION_CREATED"]));
+    assert_eq!(patched["project"], 1);
+    let (_, got) = api
+        .call("GET", &format!("/api/webhooks/{id}"), t, None)
+        .await;
+    assert_eq!(
+        got, patched,
+        "the path without the trailing slash works too"
+    );
+
+    // consecutive_failures resets when the URL changes.
+    env.execute(
+        "UPDATE webhooks SET consecutive_failures = 7 WHERE id = $1",
+        &[&id],
+    )
+    .await;
+    let (_, changed) = api
+        .call(
+            "PATCH",
+            &format!("/api/webhooks/{id}/"),
+            t,
+            Some(&json!({"url": "http://127.0.0.1:9/new"})),
+        )
+        .await;
+    assert_eq!(changed["consecutive_failures"], 0);
+
+    // PUT replaces: url required, absent fields back to their defaults.
+    let (status, err) = api
+        .call(
+            "PUT",
+            &format!("/api/webhooks/{id}/"),
+            t,
+            Some(&json!({"is_active": false})),
+        )
+        .await;
+    assert_eq!(
+        (status, err["validation_errors"]["url"].clone()),
+        (400, json!(["This field is required."]))
+    );
+    let (status, put) = api
+        .call(
+            "PUT",
+            &format!("/api/webhooks/{id}/"),
+            t,
+            Some(&json!({"url": "http://127.0.0.1:9/put"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (
+            put["send_payload"].clone(),
+            put["actions"].clone(),
+            put["headers"].clone()
+        ),
+        (json!(true), json!([]), json!({}))
+    );
+
+    let (status, body) = api
+        .call("DELETE", &format!("/api/webhooks/{id}/"), t, None)
+        .await;
+    assert_eq!((status, body), (204, Value::Null));
+    let (status, gone) = api
+        .call("GET", &format!("/api/webhooks/{id}/"), t, None)
+        .await;
+    assert_eq!(status, 404);
+    for key in [
+        "id",
+        "status_code",
+        "version",
+        "detail",
+        "exc_info",
+        "validation_errors",
+    ] {
+        assert!(
+            gone.get(key).is_some(),
+            "error envelope lacks {key}: {gone}"
+        );
+    }
+    assert_eq!(gone["detail"], "Not found.");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_validation_error_is_a_400_naming_the_field() {
+    let env = TestEnv::new(|_| {}).await;
+    let api = env
+        .start_api(|s| {
+            s.max_webhooks_per_organization = 2;
+            s.max_body_bytes = 4096;
+        })
+        .await;
+    let t = env.token(1).await;
+    let t = Some(t.as_str());
+    let cases = [
+        (json!({}), "url", "This field is required."),
+        (
+            json!({"url": "ftp://127.0.0.1/x"}),
+            "url",
+            "Enter a valid URL.",
+        ),
+        (json!({"url": "not a url"}), "url", "Enter a valid URL."),
+        (
+            json!({"url": "http://127.0.0.1/x", "send_payload": "maybe"}),
+            "send_payload",
+            "Must be a valid boolean.",
+        ),
+        (
+            json!({"url": "http://127.0.0.1/x", "actions": ["TASK_CREATED"]}),
+            "actions",
+            "\"TASK_CREATED\" is not a valid choice.",
+        ),
+        (
+            json!({"url": "http://127.0.0.1/x", "headers": {"bad key": "v"}}),
+            "headers",
+            r#"{"bad key":"v"} failed JSON schema check"#,
+        ),
+        (
+            json!({"url": "http://127.0.0.1/x", "headers": {"n": 1}}),
+            "headers",
+            r#"{"n":1} failed JSON schema check"#,
+        ),
+        (
+            json!({"url": "http://127.0.0.1/x", "project": 3, "actions": ["PROJECT_CREATED"]}),
+            "non_field_errors",
+            "Project webhook can't contain organization-only action.",
+        ),
+    ];
+    for (body, field, message) in cases {
+        let (status, err) = api.call("POST", "/api/webhooks/", t, Some(&body)).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(err["detail"], "Validation error");
+        assert_eq!(
+            err["validation_errors"][field],
+            json!([message]),
+            "{body}: {err}"
+        );
+    }
+    let (status, err) = api
+        .call_with(
+            "POST",
+            "/api/webhooks/",
+            t,
+            Some(b"{not json".to_vec()),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        err["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("JSON parse error"),
+        "{err}"
+    );
+    let big = json!({"url": "http://127.0.0.1/x", "headers": {"x": "a".repeat(5000)}});
+    let (status, err) = api.call("POST", "/api/webhooks/", t, Some(&big)).await;
+    assert_eq!(status, 413, "{err}");
+
+    // A project webhook cannot gain an organization-only action by PATCH either.
+    let (_, hook) = api
+        .call(
+            "POST",
+            "/api/webhooks/",
+            t,
+            Some(&json!({"url": "http://127.0.0.1/a", "project": 3})),
+        )
+        .await;
+    let (status, err) = api
+        .call(
+            "PATCH",
+            &format!("/api/webhooks/{}/", hook["id"]),
+            t,
+            Some(&json!({"actions": ["PROJECT_DELETED"]})),
+        )
+        .await;
+    assert_eq!(
+        (status, err["validation_errors"]["non_field_errors"].clone()),
+        (
+            400,
+            json!(["Project webhook can't contain organization-only action."])
+        )
+    );
+
+    let (status, _) = api
+        .call(
+            "POST",
+            "/api/webhooks/",
+            t,
+            Some(&json!({"url": "http://127.0.0.1/b"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, err) = api
+        .call(
+            "POST",
+            "/api/webhooks/",
+            t,
+            Some(&json!({"url": "http://127.0.0.1/c"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        err["detail"],
+        "organization 1 already has 2 webhooks, the maximum (WEBHOOK_MAX_PER_ORGANIZATION)."
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_authenticate_and_organizations_cannot_see_each_other() {
+    let env = TestEnv::new(|_| {}).await;
+    let api = env.start_api(|_| {}).await;
+    let (one, two) = (env.token(1).await, env.token(2).await);
+    let (status, err) = api.call("GET", "/api/webhooks/", None, None).await;
+    assert_eq!(
+        (status, err["detail"].clone()),
+        (401, json!("Authentication credentials were not provided."))
+    );
+    let (status, err) = api.call("GET", "/api/webhooks/", Some("nope"), None).await;
+    assert_eq!(
+        (status, err["detail"].clone()),
+        (401, json!("Invalid token."))
+    );
+
+    let (_, hook) = api
+        .call(
+            "POST",
+            "/api/webhooks/",
+            Some(&one),
+            Some(&json!({"url": "http://127.0.0.1/1"})),
+        )
+        .await;
+    let id = hook["id"].as_i64().unwrap();
+    let (_, theirs) = api.call("GET", "/api/webhooks/", Some(&two), None).await;
+    assert_eq!(theirs, json!([]));
+    for (method, path, body) in [
+        ("GET", format!("/api/webhooks/{id}/"), None),
+        (
+            "PATCH",
+            format!("/api/webhooks/{id}/"),
+            Some(json!({"is_active": false})),
+        ),
+        (
+            "PUT",
+            format!("/api/webhooks/{id}/"),
+            Some(json!({"url": "http://127.0.0.1/x"})),
+        ),
+        ("DELETE", format!("/api/webhooks/{id}/"), None),
+        ("GET", format!("/api/webhooks/{id}/deliveries/"), None),
+        ("GET", format!("/api/webhooks/{id}/secret/"), None),
+        ("POST", format!("/api/webhooks/{id}/secret/rotate/"), None),
+        ("POST", format!("/api/webhooks/{id}/test/"), None),
+        (
+            "POST",
+            format!("/api/webhooks/{id}/recover/"),
+            Some(json!({"since": "2020-01-01T00:00:00Z"})),
+        ),
+    ] {
+        let (status, _) = api.call(method, &path, Some(&two), body.as_ref()).await;
+        assert_eq!(
+            status, 404,
+            "{method} {path} with another organization's token"
+        );
+    }
+    let (status, still) = api
+        .call("GET", &format!("/api/webhooks/{id}/"), Some(&one), None)
+        .await;
+    assert_eq!((status, still["is_active"].clone()), (200, json!(true)));
+
+    let client = env.pool.get().await.unwrap();
+    assert!(webhookd_store::api_tokens::revoke_token(&**client, &one)
+        .await
+        .unwrap());
+    let (status, _) = api.call("GET", "/api/webhooks/", Some(&one), None).await;
+    assert_eq!(status, 401, "a revoked token is refused");
+
+    let (status, info) = api.call("GET", "/api/webhooks/info/", None, None).await;
+    assert_eq!(status, 200, "info needs no token");
+    assert_eq!(info.as_object().unwrap().len(), 12);
+    assert_eq!(
+        info["ANNOTATIONS_CREATED"],
+        json!({"name": "Annotations created", "description": "",
+        "key": "annotation", "organization-only": false})
+    );
+    let (_, org_only) = api
+        .call(
+            "GET",
+            "/api/webhooks/info/?organization-only=true",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        org_only.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["PROJECT_CREATED", "PROJECT_DELETED"]
+    );
+    let (_, others) = api
+        .call(
+            "GET",
+            "/api/webhooks/info/?organization-only=false",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(others.as_object().unwrap().len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssrf_protection_refuses_internal_urls_unless_allowed() {
+    let env = TestEnv::new(|_| {}).await;
+    let strict = env
+        .start_api(|s| s.network_policy = NetworkPolicy::new(Vec::new()))
+        .await;
+    let t = env.token(1).await;
+    let t = Some(t.as_str());
+    for (url, class) in [
+        ("http://127.0.0.1:8000/hook", "loopback"),
+        ("http://localhost:8000/hook", "loopback"),
+        ("http://10.0.0.5/hook", "private"),
+        ("http://192.168.1.10/hook", "private"),
+        ("http://169.254.169.254/latest/meta-data", "cloud-metadata"),
+        ("http://100.64.1.1/hook", "CGNAT (shared)"),
+        ("http://224.0.0.1/hook", "multicast"),
+        ("http://0.0.0.0/hook", "unspecified"),
+        ("http://[::1]/hook", "loopback"),
+        ("http://[::ffff:127.0.0.1]/hook", "IPv4-mapped IPv6"),
+        ("http://[fe80::1]/hook", "link-local"),
+    ] {
+        let (status, err) = strict
+            .call("POST", "/api/webhooks/", t, Some(&json!({"url": url})))
+            .await;
+        assert_eq!(status, 400, "{url}");
+        let message = err["validation_errors"]["url"][0]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            message.starts_with("URL resolves to a reserved network address"),
+            "{url}: {message}"
+        );
+        assert!(
+            message.contains(&format!("is a {class} address")),
+            "{url}: {message}"
+        );
+    }
+    let (status, err) = strict
+        .call(
+            "POST",
+            "/api/webhooks/",
+            t,
+            Some(&json!({"url": "http://no-such-host.invalid/x"})),
+        )
+        .await;
+    assert_eq!(
+        (status, err["validation_errors"]["url"].clone()),
+        (400, json!(["Can't resolve hostname no-such-host.invalid"]))
+    );
+
+    let open = env
+        .start_api(|s| {
+            s.network_policy =
+                NetworkPolicy::new(NetworkPolicy::parse_networks("127.0.0.0/8").unwrap())
+        })
+        .await;
+    let (status, _) = open
+        .call(
+            "POST",
+            "/api/webhooks/",
+            t,
+            Some(&json!({"url": "http://localhost:8000/hook"})),
+        )
+        .await;
+    assert_eq!(status, 201, "the allow-list opens 127.0.0.0/8");
+    let (status, _) = open
+        .call(
+            "POST",
+            "/api/webhooks/",
+            t,
+            Some(&json!({"url": "http://10.0.0.5/hook"})),
+        )
+        .await;
+    assert_eq!(status, 400, "but nothing else");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_ping_redeliver_and_recover_make_real_deliveries_and_log_rows() {
+    let env = TestEnv::new(|s| s.retry_policy = RetryPolicy::new(Vec::new(), true)).await;
+    let api = env.start_api(|_| {}).await;
+    let worker = env.start_worker().await;
+    let rx = Receiver::start().await;
+    let t = env.token(1).await;
+    let t = Some(t.as_str());
+    let (_, hook) = api
+        .call(
+            "POST",
+            "/api/webhooks/",
+            t,
+            Some(&json!({"url": rx.url("/hook"), "project": 7})),
+        )
+        .await;
+    let id = hook["id"].as_i64().unwrap();
+
+    let (status, ping) = api
+        .call("POST", &format!("/api/webhooks/{id}/test/"), t, None)
+        .await;
+    assert_eq!(status, 200, "{ping}");
+    assert_eq!(
+        (ping["status"].clone(), ping["http_status"].clone()),
+        (json!("succeeded"), json!(200))
+    );
+    let got = rx.wait_for("/hook", 1, DEADLINE).await;
+    assert_eq!(
+        &got[0].body[..],
+        format!(r#"{{"action": "PING", "webhook": {{"id": {id}}}}}"#).as_bytes()
+    );
+    assert_eq!(
+        got[0].header("webhook-id").unwrap(),
+        ping["delivery_id"].as_str().unwrap()
+    );
+    let (_, secret) = api
+        .call("GET", &format!("/api/webhooks/{id}/secret/"), t, None)
+        .await;
+    let key = SigningSecret::parse(secret["key"].as_str().unwrap()).unwrap();
+    let ts: i64 = got[0].header("webhook-timestamp").unwrap().parse().unwrap();
+    assert!(webhookd_core::signature::verify(
+        &key,
+        &got[0].header("webhook-id").unwrap(),
+        ts,
+        &got[0].body,
+        &got[0].header("webhook-signature").unwrap()
+    ));
+    let (_, detail) = api
+        .call(
+            "GET",
+            &format!("/api/deliveries/{}/", ping["delivery_id"].as_str().unwrap()),
+            t,
+            None,
+        )
+        .await;
+    assert_eq!(detail["attempts"][0]["status"], "succeeded");
+
+    // An event that fails (no retries in this test) is dead; redeliver sends it again.
+    rx.script("/hook", |n| {
+        (if n == 1 { 500 } else { 200 }, vec![], Duration::ZERO)
+    });
+    env.publish(&envelope(
+        1,
+        "TASKS_CREATED",
+        Some(json!({"id": 7})),
+        json!({"tasks": [{"id": 1}]}),
+    ))
+    .await;
+    let dead = wait_for("a dead delivery", DEADLINE, || async {
+        let (_, page) = api
+            .call(
+                "GET",
+                &format!("/api/webhooks/{id}/deliveries/?status=dead"),
+                t,
+                None,
+            )
+            .await;
+        page["results"]
+            .as_array()
+            .filter(|r| !r.is_empty())
+            .map(|r| r[0].clone())
+    })
+    .await;
+    assert_eq!(
+        (dead["http_status"].clone(), dead["action"].clone()),
+        (json!(500), json!("TASKS_CREATED"))
+    );
+    let delivery = dead["delivery_id"].as_str().unwrap().to_owned();
+    let (status, queued) = api
+        .call(
+            "POST",
+            &format!("/api/deliveries/{delivery}/redeliver/"),
+            t,
+            None,
+        )
+        .await;
+    assert_eq!((status, queued["attempt"].clone()), (202, json!(2)));
+    let got = rx.wait_for("/hook", 3, DEADLINE).await;
+    assert_eq!(
+        got[2].header("webhook-id").unwrap(),
+        delivery,
+        "a redelivery keeps the delivery id"
+    );
+    assert_eq!(got[2].header("x-webhookd-attempt").as_deref(), Some("2"));
+    let detail = wait_for("the redelivery logged", DEADLINE, || async {
+        let (_, d) = api
+            .call("GET", &format!("/api/deliveries/{delivery}/"), t, None)
+            .await;
+        (d["attempts"].as_array().map(Vec::len) == Some(2)).then_some(d)
+    })
+    .await;
+    assert_eq!(detail["status"], "succeeded");
+    assert_eq!(
+        detail["request"]["body"],
+        r#"{"action": "TASKS_CREATED", "tasks": [{"id": 1}], "project": {"id": 7}}"#
+    );
+
+    // recover: everything that failed since a time goes out again.
+    rx.script("/hook", |n| {
+        (if n == 3 { 503 } else { 200 }, vec![], Duration::ZERO)
+    });
+    env.publish(&envelope(
+        1,
+        "TASKS_DELETED",
+        Some(json!({"id": 7})),
+        json!({"tasks": [{"id": 1}]}),
+    ))
+    .await;
+    wait_for("the second dead delivery", DEADLINE, || async {
+        let (_, page) = api
+            .call(
+                "GET",
+                &format!("/api/webhooks/{id}/deliveries/?status=dead&action=TASKS_DELETED"),
+                t,
+                None,
+            )
+            .await;
+        page["results"]
+            .as_array()
+            .filter(|r| !r.is_empty())
+            .map(|_| ())
+    })
+    .await;
+    let (status, err) = api
+        .call(
+            "POST",
+            &format!("/api/webhooks/{id}/recover/"),
+            t,
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(
+        (status, err["validation_errors"]["since"].clone()),
+        (400, json!(["This field is required."]))
+    );
+    let (status, recovered) = api
+        .call(
+            "POST",
+            &format!("/api/webhooks/{id}/recover/"),
+            t,
+            Some(&json!({"since": "2000-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!((status, recovered["redelivered"].clone()), (202, json!(1)));
+    let got = rx.wait_for("/hook", 5, DEADLINE).await;
+    assert_eq!(got[4].json()["action"], "TASKS_DELETED");
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delivery_log_pages_newest_first_with_filters() {
+    let env = TestEnv::new(|s| s.retry_policy = RetryPolicy::new(Vec::new(), true)).await;
+    let api = env.start_api(|_| {}).await;
+    let worker = env.start_worker().await;
+    let rx = Receiver::start().await;
+    rx.script("/log", |n| {
+        (if n % 2 == 0 { 200 } else { 500 }, vec![], Duration::ZERO)
+    });
+    let t = env.token(1).await;
+    let t = Some(t.as_str());
+    let (_, hook) = api
+        .call("POST", "/api/webhooks/", t, Some(&json!({"url": rx.url("/log"), "headers": {"Authorization": "Bearer s3cret", "X-Team": "ml"}})))
+        .await;
+    let id = hook["id"].as_i64().unwrap();
+    let cache = worker.worker.cache().clone();
+    wait_for("webhook cached", Duration::from_secs(1), || async {
+        cache.snapshot().get(id).map(|_| ())
+    })
+    .await;
+    for n in 0..5 {
+        env.publish(&envelope(
+            1,
+            "PROJECT_DELETED",
+            None,
+            json!({"project": {"id": n}}),
+        ))
+        .await;
+    }
+    env.wait_for_attempts(5, DEADLINE).await;
+
+    let mut seen = Vec::new();
+    let mut path = format!("/api/webhooks/{id}/deliveries/?limit=2");
+    loop {
+        let (status, page) = api.call("GET", &path, t, None).await;
+        assert_eq!(status, 200, "{page}");
+        seen.extend(page["results"].as_array().unwrap().iter().cloned());
+        match page["next"].as_str() {
+            Some(cursor) => {
+                path = format!("/api/webhooks/{id}/deliveries/?limit=2&cursor={cursor}")
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5);
+    let ids: Vec<i64> = seen.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(ids, sorted, "newest first");
+    let (_, dead) = api
+        .call(
+            "GET",
+            &format!("/api/webhooks/{id}/deliveries/?status=dead"),
+            t,
+            None,
+        )
+        .await;
+    assert_eq!(dead["results"].as_array().unwrap().len(), 2);
+    let (_, ok) = api
+        .call(
+            "GET",
+            &format!("/api/webhooks/{id}/deliveries/?status=succeeded&action=PROJECT_DELETED"),
+            t,
+            None,
+        )
+        .await;
+    assert_eq!(ok["results"].as_array().unwrap().len(), 3);
+    let (_, none) = api
+        .call(
+            "GET",
+            &format!("/api/webhooks/{id}/deliveries/?since=2999-01-01T00:00:00Z"),
+            t,
+            None,
+        )
+        .await;
+    assert_eq!(none["results"], json!([]));
+    let (_, all) = api
+        .call(
+            "GET",
+            &format!("/api/webhooks/{id}/deliveries/?until=2999-01-01T00:00:00Z"),
+            t,
+            None,
+        )
+        .await;
+    assert_eq!(all["results"].as_array().unwrap().len(), 5);
+    for bad in ["status=lost", "since=yesterday", "cursor=zzz", "limit=0"] {
+        let (status, err) = api
+            .call(
+                "GET",
+                &format!("/api/webhooks/{id}/deliveries/?{bad}"),
+                t,
+                None,
+            )
+            .await;
+        let field = bad.split('=').next().unwrap();
+        assert_eq!(status, 400, "{bad}");
+        assert!(err["validation_errors"][field].is_array(), "{bad}: {err}");
+    }
+
+    let failed = &dead["results"][0];
+    let (status, detail) = api
+        .call(
+            "GET",
+            &format!(
+                "/api/deliveries/{}/",
+                failed["delivery_id"].as_str().unwrap()
+            ),
+            t,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(detail["request"]["headers"]["Authorization"], "<redacted>");
+    assert_eq!(detail["request"]["headers"]["X-Team"], "ml");
+    assert_eq!(
+        detail["request"]["headers"]["webhook-signature"],
+        "<redacted>"
+    );
+    assert_eq!(
+        detail["attempts"][0]["error"],
+        "HTTP 500 Internal Server Error"
+    );
+    assert_eq!(detail["attempts"][0]["response_excerpt"], "ok");
+    let (status, _) = api
+        .call(
+            "GET",
+            "/api/deliveries/msg_00000000000000000000000000000000/",
+            t,
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_keeps_signing_alongside_the_new_one() {
+    let env = TestEnv::new(|_| {}).await;
+    let api = env.start_api(|_| {}).await;
+    let worker = env.start_worker().await;
+    let rx = Receiver::start().await;
+    let t = env.token(1).await;
+    let t = Some(t.as_str());
+    let (_, hook) = api
+        .call(
+            "POST",
+            "/api/webhooks/",
+            t,
+            Some(&json!({"url": rx.url("/rot")})),
+        )
+        .await;
+    let id = hook["id"].as_i64().unwrap();
+    let (_, old) = api
+        .call("GET", &format!("/api/webhooks/{id}/secret/"), t, None)
+        .await;
+    let (status, new) = api
+        .call(
+            "POST",
+            &format!("/api/webhooks/{id}/secret/rotate/"),
+            t,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_ne!(old["key"], new["key"]);
+    assert!(new["previous_valid_until"].is_string());
+    let cache = worker.worker.cache().clone();
+    wait_for("two secrets cached", Duration::from_secs(1), || async {
+        cache
+            .snapshot()
+            .get(id)
+            .filter(|w| w.secrets.len() == 2)
+            .map(|_| ())
+    })
+    .await;
+    env.publish(&envelope(
+        1,
+        "PROJECT_DELETED",
+        None,
+        json!({"project": {"id": 1}}),
+    ))
+    .await;
+    let got = rx.wait_for("/rot", 1, DEADLINE).await;
+    let r = &got[0];
+    let header = r.header("webhook-signature").unwrap();
+    assert_eq!(header.split(' ').count(), 2);
+    let ts: i64 = r.header("webhook-timestamp").unwrap().parse().unwrap();
+    let msg = r.header("webhook-id").unwrap();
+    for key in [&old["key"], &new["key"]] {
+        let secret = SigningSecret::parse(key.as_str().unwrap()).unwrap();
+        assert!(webhookd_core::signature::verify(
+            &secret, &msg, ts, &r.body, &header
+        ));
+    }
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_ingest_publishes_with_confirm_and_an_idempotency_key_publishes_once() {
+    let env = TestEnv::new(|s| s.prefetch = 1).await;
+    let api = env.start_api(|_| {}).await;
+    let worker = env.start_worker().await;
+    let rx = Receiver::start().await;
+    let t = env.token(1).await;
+    let t = Some(t.as_str());
+    api.call(
+        "POST",
+        "/api/webhooks/",
+        t,
+        Some(&json!({"url": rx.url("/in"), "project": 7})),
+    )
+    .await;
+    let event = json!({"version": 1, "action": "ANNOTATION_CREATED", "project": {"id": 7},
+        "payload": {"annotation": {"id": 1}, "task": {"id": 2}}});
+    let body = event.to_string().into_bytes();
+    let (s1, first) = api
+        .call_with(
+            "POST",
+            "/api/events/",
+            t,
+            Some(body.clone()),
+            &[("idempotency-key", "k-1")],
+        )
+        .await;
+    let (s2, second) = api
+        .call_with(
+            "POST",
+            "/api/events/",
+            t,
+            Some(body),
+            &[("idempotency-key", "k-1")],
+        )
+        .await;
+    assert_eq!((s1, s2), (202, 202), "{first} {second}");
+    assert_eq!(first["id"], second["id"]);
+    let (s3, third) = api.call("POST", "/api/events/", t, Some(&event)).await;
+    assert_eq!(s3, 202);
+    assert_ne!(third["id"], first["id"]);
+    // prefetch = 1: once the third event is delivered, the second was handled before it.
+    let got = rx.wait_for("/in", 2, DEADLINE).await;
+    assert_eq!(got.len(), 2, "the same Idempotency-Key published once");
+    assert_eq!(got[0].json()["annotation"]["id"], 1);
+
+    let (status, err) = api
+        .call(
+            "POST",
+            "/api/events/",
+            t,
+            Some(&json!({"version": 1, "action": "NOPE", "payload": {}})),
+        )
+        .await;
+    assert_eq!(
+        (status, err["validation_errors"]["action"].clone()),
+        (400, json!(["unknown action \"NOPE\""]))
+    );
+    let (status, err) = api
+        .call(
+            "POST",
+            "/api/events/",
+            t,
+            Some(
+                &json!({"version": 1, "organization": 2, "action": "PROJECT_DELETED",
+            "payload": {"project": {"id": 1}}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(err["validation_errors"]["organization"].is_array());
+    let (status, _) = api.call("POST", "/api/events/", None, Some(&event)).await;
+    assert_eq!(status, 401);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_every_route() {
+    let env = TestEnv::new(|_| {}).await;
+    let api = env.start_api(|_| {}).await;
+    let (status, doc) = api.call("GET", "/api/openapi.json", None, None).await;
+    assert_eq!(status, 200);
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/api/webhooks/",
+        "/api/webhooks/{id}/",
+        "/api/webhooks/info/",
+        "/api/webhooks/{id}/deliveries/",
+        "/api/deliveries/{id}/",
+        "/api/deliveries/{id}/redeliver/",
+        "/api/webhooks/{id}/recover/",
+        "/api/webhooks/{id}/test/",
+        "/api/webhooks/{id}/secret/",
+        "/api/webhooks/{id}/secret/rotate/",
+        "/api/events/",
+    ] {
+        assert!(
+            paths.contains_key(p),
+            "{p} missing from the OpenAPI document"
+        );
+    }
+    assert!(doc["components"]["schemas"]["Webhook"].is_object());
+}
