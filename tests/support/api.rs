@@ -46,7 +46,11 @@ impl TestEnv {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let state = webhookd_api::state(settings.clone()).await.unwrap();
         let stop = CancellationToken::new();
-        tokio::spawn(webhookd_api::serve(listener, state, stop.clone()));
+        tokio::spawn(webhookd_api::serve(
+            listener,
+            webhookd_api::router(state),
+            stop.clone(),
+        ));
         TestApi {
             base,
             settings,

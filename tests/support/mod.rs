@@ -270,11 +270,19 @@ pub struct RunningWorker {
     pub handle: tokio::task::JoinHandle<Result<(), webhookd_worker::WorkerError>>,
 }
 
+impl Drop for RunningWorker {
+    fn drop(&mut self) {
+        // A worker left running would re-declare queues while TestEnv deletes them.
+        self.stop.cancel();
+    }
+}
+
 impl RunningWorker {
     /// Asks it to stop and waits.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.handle).await;
+        let handle = std::mem::replace(&mut self.handle, tokio::spawn(async { Ok(()) }));
+        let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
     }
 }
 

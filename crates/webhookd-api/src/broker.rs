@@ -20,7 +20,8 @@ impl Broker {
         }
     }
 
-    async fn publisher(&self) -> Result<ConfirmedPublisher, PublishError> {
+    /// The current publisher, connecting (and declaring the topology) first if needed.
+    pub async fn connect(&self) -> Result<ConfirmedPublisher, PublishError> {
         let mut current = self.current.lock().await;
         if let Some((connection, publisher)) = current.as_ref() {
             if connection.status().connected() {
@@ -45,7 +46,7 @@ impl Broker {
         body: &[u8],
         message_id: &str,
     ) -> Result<(), PublishError> {
-        let publisher = self.publisher().await?;
+        let publisher = self.connect().await?;
         let result = publisher
             .publish_json(
                 &self.topology.exchange,
@@ -63,7 +64,7 @@ impl Broker {
 
     /// Queues an attempt of a delivery, due now.
     pub async fn publish_retry(&self, task: &RetryTask) -> Result<(), PublishError> {
-        let publisher = self.publisher().await?;
+        let publisher = self.connect().await?;
         let body = serde_json::to_vec(task).unwrap_or_default();
         let result = publisher
             .publish_json("", &self.topology.retry_queue(), &body, None, None)

@@ -5,6 +5,7 @@ pub mod broker;
 pub mod error;
 pub mod extract;
 pub mod openapi;
+pub mod ops;
 pub mod routes;
 pub mod state;
 pub mod validation;
@@ -115,13 +116,13 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown` is cancelled.
+/// Serves `app` on `listener` until `shutdown` is cancelled.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: AppState,
+    app: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
 }

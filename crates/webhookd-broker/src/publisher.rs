@@ -78,6 +78,28 @@ impl ConfirmedPublisher {
             mandatory: true,
             ..Default::default()
         };
+        let result = self
+            .confirmed(exchange, routing_key, options, body, props)
+            .await;
+        let label = if result.is_ok() {
+            "confirmed"
+        } else {
+            "failed"
+        };
+        webhookd_metrics::PUBLISHES
+            .with_label_values(&[label])
+            .inc();
+        result
+    }
+
+    async fn confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        options: BasicPublishOptions,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), PublishError> {
         let confirm = self
             .channel
             .basic_publish(exchange.into(), routing_key.into(), options, body, props)

@@ -90,8 +90,13 @@ async fn run<F: Flush>(
             .build();
         let resps = loop {
             match flusher.flush(&reqs).await {
-                Ok(resps) => break resps,
+                Ok(resps) => {
+                    webhookd_metrics::DATABASE_UP.set(1);
+                    break resps;
+                }
                 Err(e) => {
+                    webhookd_metrics::DATABASE_UP.set(0);
+                    webhookd_metrics::DB_WRITE_FAILURES.inc();
                     let wait = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
                     tracing::warn!(writer = name, error = %e, retry_in_ms = wait.as_millis() as u64,
                         "database write failed; retrying (nothing is acknowledged meanwhile)");

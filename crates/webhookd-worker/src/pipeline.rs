@@ -38,14 +38,18 @@ pub enum HandleError {
 
 /// Handles one message from the work queue and acknowledges it when done.
 pub async fn handle_event(shared: Arc<Shared>, publisher: ConfirmedPublisher, delivery: Delivery) {
+    webhookd_metrics::MESSAGES_IN_FLIGHT.inc();
     let result = process_event(&shared, &publisher, &delivery).await;
     settle(delivery, result).await;
+    webhookd_metrics::MESSAGES_IN_FLIGHT.dec();
 }
 
 /// Handles one retry task from the retry queue and acknowledges it when done.
 pub async fn handle_retry(shared: Arc<Shared>, publisher: ConfirmedPublisher, delivery: Delivery) {
+    webhookd_metrics::MESSAGES_IN_FLIGHT.inc();
     let result = process_retry(&shared, &publisher, &delivery).await;
     settle(delivery, result).await;
+    webhookd_metrics::MESSAGES_IN_FLIGHT.dec();
 }
 
 async fn settle(delivery: Delivery, result: Result<(), HandleError>) {
@@ -79,6 +83,7 @@ async fn process_event(
     let mut event = match Event::parse(&delivery.data, &settings.catalog) {
         Ok(event) => event,
         Err(reason) => {
+            consumed("malformed");
             return dead_letter(publisher, &settings.topology, delivery, &reason.to_string()).await;
         }
     };
@@ -97,6 +102,7 @@ async fn process_event(
             .matching(event.organization, event.project_id, &event.action);
     if subscribers.is_empty() {
         tracing::debug!(organization = event.organization, action = %event.action, "event has no subscriber");
+        consumed("no_subscribers");
         return Ok(());
     }
     let claim = shared
@@ -113,6 +119,7 @@ async fn process_event(
     if !claim.fresh && !delivery.redelivered {
         tracing::info!(event_id = %claim.event_id, producer_id = ?event.producer_id,
             "event was published again; already delivered");
+        consumed("duplicate");
         return Ok(());
     }
     let event_id = EventId(claim.event_id);
@@ -126,7 +133,15 @@ async fn process_event(
         }
     }
     let done = futures::future::join_all(attempts).await;
-    finish(shared, publisher, done).await
+    finish(shared, publisher, done).await?;
+    consumed("delivered");
+    Ok(())
+}
+
+fn consumed(result: &str) {
+    webhookd_metrics::EVENTS_CONSUMED
+        .with_label_values(&[result])
+        .inc();
 }
 
 async fn process_retry(
@@ -239,6 +254,7 @@ async fn attempt(
     } else {
         action_only.clone()
     };
+    webhookd_metrics::IN_FLIGHT.inc();
     let report = shared
         .dispatcher
         .send(Attempt {
@@ -250,6 +266,7 @@ async fn attempt(
             body,
         })
         .await;
+    webhookd_metrics::IN_FLIGHT.dec();
     let verdict =
         shared
             .settings
@@ -285,6 +302,7 @@ async fn attempt(
         outcome,
         &report,
     );
+    webhookd_metrics::attempt(outcome.as_str(), &event.action, report.duration);
     let row = AttemptRow {
         delivery_id: delivery_id.0,
         event_id: event_id.0,
@@ -425,6 +443,7 @@ pub async fn schedule(
     publisher
         .publish_json("", &queue, &body, None, None)
         .await?;
+    webhookd_metrics::RETRIES_SCHEDULED.inc();
     Ok(())
 }
 
@@ -467,6 +486,7 @@ async fn dead_letter(
     publisher
         .publish("", &topology.dead_queue(), &delivery.data, props)
         .await?;
+    webhookd_metrics::DEAD_LETTERS.inc();
     Ok(())
 }
 

@@ -37,6 +37,7 @@ impl SubscriptionCache {
     }
 
     fn replace(&self, next: SubscriptionIndex) {
+        webhookd_metrics::CACHED_WEBHOOKS.set(next.len() as i64);
         let next = Arc::new(next);
         match self.current.write() {
             Ok(mut guard) => *guard = next,

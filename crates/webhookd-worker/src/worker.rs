@@ -1,6 +1,7 @@
 //! The worker loop: connect, declare the topology, consume events and retry tasks with a bounded prefetch,
 //! handle each message on its own task, reconnect with backoff, and drain in-flight work on shutdown.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,6 +119,8 @@ impl Flush for LogWriter {
         let mut client = self.pool.get().await?;
         let disabled =
             delivery_log::write_attempts(&mut client, &rows, self.max_consecutive_failures).await?;
+        webhookd_metrics::LOG_ROWS.inc_by(rows.len() as u64);
+        webhookd_metrics::LOG_BATCH.observe(rows.len() as f64);
         for d in disabled {
             tracing::warn!(
                 webhook_id = d.webhook_id,
@@ -133,6 +136,7 @@ impl Flush for LogWriter {
 pub struct Worker {
     shared: Arc<Shared>,
     background: CancellationToken,
+    broker_ready: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -172,7 +176,18 @@ impl Worker {
         Ok(Self {
             shared: Arc::new(shared),
             background,
+            broker_ready: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// True while the worker is connected, its topology declared and its consumers running.
+    pub fn broker_ready(&self) -> Arc<AtomicBool> {
+        self.broker_ready.clone()
+    }
+
+    /// Its database pool (readiness checks use it).
+    pub fn pool(&self) -> &Pool {
+        &self.shared.pool
     }
 
     /// The subscription cache (tests wait on its generation).
@@ -227,6 +242,8 @@ impl Worker {
         )
         .await?;
         tracing::info!(queue = %settings.topology.work_queue(), prefetch = settings.prefetch, "worker consuming");
+        webhookd_metrics::BROKER_CONNECTED.set(1);
+        self.broker_ready.store(true, Ordering::Release);
 
         let mut tasks = JoinSet::new();
         let ended = loop {
@@ -268,6 +285,8 @@ impl Worker {
                 ),
             }
         }
+        self.broker_ready.store(false, Ordering::Release);
+        webhookd_metrics::BROKER_CONNECTED.set(0);
         tasks.shutdown().await;
         let _ = connection
             .close(200, "webhookd worker stopping".into())

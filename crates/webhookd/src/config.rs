@@ -63,6 +63,8 @@ pub struct Config {
     pub network_policy: NetworkPolicy,
     /// `WEBHOOKD_LISTEN`.
     pub listen: std::net::SocketAddr,
+    /// `WEBHOOKD_OPS_LISTEN`: health and metrics of a worker-only process.
+    pub ops_listen: std::net::SocketAddr,
     /// `WEBHOOK_MAX_PER_ORGANIZATION`.
     pub max_webhooks_per_organization: i64,
     /// `WEBHOOKD_MAX_BODY_BYTES`.
@@ -251,6 +253,12 @@ impl Config {
                 "WEBHOOKD_LISTEN",
                 std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
                 "an address and port such as 127.0.0.1:8080",
+                |_| true,
+            )?,
+            ops_listen: env.parse(
+                "WEBHOOKD_OPS_LISTEN",
+                std::net::SocketAddr::from(([127, 0, 0, 1], 9091)),
+                "an address and port such as 127.0.0.1:9091",
                 |_| true,
             )?,
             max_webhooks_per_organization: env.parse(

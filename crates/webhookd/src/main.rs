@@ -1,14 +1,17 @@
 //! `webhookd`: the webhook delivery service. One binary; the subcommand picks the role.
 
 mod config;
+mod demo;
 mod logging;
 
 use std::io::Read;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use webhookd_api::ops::{self, Readiness};
 use webhookd_core::Event;
 use webhookd_worker::Worker;
 
@@ -30,6 +33,8 @@ enum Command {
     Api,
     /// Run a worker only: consume events and deliver them.
     Worker,
+    /// Run the whole pipeline once against the local services with a built-in receiver, and print the log.
+    Demo,
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -108,6 +113,7 @@ fn main() -> ExitCode {
             Command::Api => serve(&config, true, false).await,
             Command::Worker => serve(&config, false, true).await,
             Command::Token(cmd) => token(&config, cmd).await,
+            Command::Demo => demo::run(&config).await,
             Command::Migrate => migrate(&config).await,
             Command::Publish(args) => publish(&config, args).await,
         }
@@ -123,38 +129,61 @@ fn main() -> ExitCode {
 }
 
 /// Runs the API, the worker or both until a signal; if one stops on its own, the other is stopped too.
+/// `/healthz`, `/readyz` and `/metrics` are served on the API's listener, or on `WEBHOOKD_OPS_LISTEN` by a
+/// worker-only process.
 async fn serve(config: &Config, api: bool, worker: bool) -> Result<(), String> {
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    let api_task = async {
-        if !api {
-            return Ok(());
-        }
-        let settings = config.api_settings();
-        let listener = webhookd_api::bind(&settings)
-            .await
-            .map_err(|e| e.to_string())?;
-        let state = webhookd_api::state(settings)
-            .await
-            .map_err(|e| e.to_string())?;
-        tracing::info!(listen = %config.listen, "API listening");
-        let result = webhookd_api::serve(listener, state, shutdown.clone()).await;
+    let worker = match worker {
+        true => Some(
+            Worker::start(config.worker_settings())
+                .await
+                .map_err(|e| format!("worker: {e}"))?,
+        ),
+        false => None,
+    };
+    let state = match api {
+        true => Some(
+            webhookd_api::state(config.api_settings())
+                .await
+                .map_err(|e| format!("API: {e}"))?,
+        ),
+        false => None,
+    };
+    let pool = match (&state, &worker) {
+        (Some(s), _) => s.pool.clone(),
+        (None, Some(w)) => w.pool().clone(),
+        (None, None) => return Ok(()),
+    };
+    let readiness = Arc::new(Readiness {
+        pool,
+        worker_broker: worker.as_ref().map(Worker::broker_ready),
+        api_broker: state.as_ref().map(|s| s.broker.clone()),
+    });
+    let (listen, app) = match state {
+        Some(state) => (
+            config.listen,
+            webhookd_api::router(state).merge(ops::router(readiness)),
+        ),
+        None => (config.ops_listen, ops::router(readiness)),
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    tracing::info!(%listen, api, "HTTP listening");
+    let http_task = async {
+        let result = webhookd_api::serve(listener, app, shutdown.clone()).await;
         shutdown.cancel();
-        result.map_err(|e| format!("API: {e}"))
+        result.map_err(|e| format!("HTTP server: {e}"))
     };
     let worker_task = async {
-        if !worker {
-            return Ok(());
-        }
-        let result = match Worker::start(config.worker_settings()).await {
-            Ok(w) => w.run(shutdown.clone()).await,
-            Err(e) => Err(e),
-        };
+        let Some(worker) = &worker else { return Ok(()) };
+        let result = worker.run(shutdown.clone()).await;
         shutdown.cancel();
         result.map_err(|e| format!("worker: {e}"))
     };
-    let (api_result, worker_result) = tokio::join!(api_task, worker_task);
-    api_result.and(worker_result)?;
+    let (http_result, worker_result) = tokio::join!(http_task, worker_task);
+    http_result.and(worker_result)?;
     tracing::info!("stopped");
     Ok(())
 }
