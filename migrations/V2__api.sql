@@ -19,11 +19,14 @@ CREATE TABLE webhook_previous_secrets (
 );
 CREATE INDEX webhook_previous_secrets_webhook ON webhook_previous_secrets (webhook_id);
 
--- POST /api/events/ with an Idempotency-Key header publishes once per (organization, key).
+-- POST /api/events/ with an Idempotency-Key header publishes once per (organization, key): a key is
+-- recorded before the publish and marked published after the broker's confirm; a retry of a request
+-- whose publish was not confirmed publishes again under the same event id (which workers deliver once).
 CREATE TABLE idempotency_keys (
     organization bigint NOT NULL,
     key          text NOT NULL,
     event_id     text NOT NULL,
+    published    boolean NOT NULL DEFAULT false,
     created_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (organization, key)
 );

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod faults;
 pub mod python;
 pub mod receiver;
 

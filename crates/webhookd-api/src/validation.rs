@@ -193,7 +193,12 @@ fn headers(v: &Value) -> Option<Map<String, Value>> {
             && k.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };
-    let ok = map.len() <= MAX_HEADERS && map.iter().all(|(k, v)| key_ok(k) && v.is_string());
+    // Values must be sendable in HTTP: no control characters but tab.
+    let value_ok = |v: &Value| {
+        v.as_str()
+            .is_some_and(|s| s.chars().all(|c| c == '\t' || !c.is_control()))
+    };
+    let ok = map.len() <= MAX_HEADERS && map.iter().all(|(k, v)| key_ok(k) && value_ok(v));
     ok.then(|| map.clone())
 }
 
@@ -261,6 +266,7 @@ mod tests {
         let many: Map<String, Value> = (0..11).map(|i| (format!("h{i}"), json!("v"))).collect();
         assert!(errors(json!({"headers": many})).contains_key("headers"));
         assert!(errors(json!({"headers": {"a": 1}})).contains_key("headers"));
+        assert!(errors(json!({"headers": {"a": "line\nbreak"}})).contains_key("headers"));
         let long = format!("https://h.example/{}", "a".repeat(2048));
         assert_eq!(
             errors(json!({"url": long}))["url"],

@@ -8,12 +8,19 @@ use ipnet::IpNet;
 
 /// An address a webhook may not reach, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{ip} is a {class} address, which webhooks may not reach (allow it with WEBHOOKD_ALLOWED_NETWORKS)")]
+#[error("{ip} is {} {class} address, which webhooks may not reach (allow it with WEBHOOKD_ALLOWED_NETWORKS)", article(class))]
 pub struct Refused {
     /// The address.
     pub ip: IpAddr,
     /// Its class, e.g. "private".
     pub class: &'static str,
+}
+
+fn article(word: &str) -> &'static str {
+    match word.chars().next() {
+        Some('a' | 'e' | 'i' | 'o' | 'u' | 'I') => "an",
+        _ => "a",
+    }
 }
 
 /// The refusal rules plus the allow-list.

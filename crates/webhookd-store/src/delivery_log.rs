@@ -296,7 +296,9 @@ pub async fn delivery_attempts(
     rows.iter().map(attempt_from_row).collect()
 }
 
-/// The latest attempt of each delivery of `webhook_id` since `since` that did not succeed (at most `limit`).
+/// The latest attempt of each delivery of `webhook_id` since `since` that is dead, or failed with its
+/// retry overdue by a minute (a pending retry is left alone), oldest first, at most `limit`. Test pings
+/// and attempts whose event was pruned are not redeliverable and are left out.
 pub async fn unsuccessful_deliveries(
     client: &impl tokio_postgres::GenericClient,
     webhook_id: i64,
@@ -307,7 +309,9 @@ pub async fn unsuccessful_deliveries(
         "SELECT * FROM (SELECT DISTINCT ON (delivery_id) {ATTEMPT_COLUMNS} FROM delivery_attempts
                           WHERE webhook_id = $1 AND created_at >= $2
                           ORDER BY delivery_id, created_at DESC, id DESC) latest
-          WHERE outcome IN ('failed', 'dead') LIMIT $3"
+          WHERE (outcome = 'dead' OR (outcome = 'failed' AND next_attempt_at < now() - interval '1 minute'))
+            AND action NOT IN ('PING', '')
+          ORDER BY created_at, id LIMIT $3"
     );
     let rows = client.query(&sql, &[&webhook_id, &since, &limit]).await?;
     rows.iter().map(attempt_from_row).collect()

@@ -104,14 +104,24 @@ pub async fn load_event_body(
     Ok(row.map(|r| r.get(0)))
 }
 
-/// Records `key` for `organization` as publishing `event_id`; if the key was already used, returns the
-/// event id it published.
+/// What an `Idempotency-Key` has done so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyState {
+    /// First use: recorded for this event id; publish it.
+    New,
+    /// Used before, but its publish was never confirmed: publish this event id again.
+    Pending(String),
+    /// Used before and published: answer with this event id, publish nothing.
+    Published(String),
+}
+
+/// Records `key` for `organization` as publishing `event_id`, or reports what it did before.
 pub async fn claim_idempotency_key(
     client: &impl GenericClient,
     organization: i64,
     key: &str,
     event_id: &str,
-) -> Result<Option<String>, StoreError> {
+) -> Result<KeyState, StoreError> {
     let inserted = client
         .execute(
             "INSERT INTO idempotency_keys (organization, key, event_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
@@ -119,26 +129,31 @@ pub async fn claim_idempotency_key(
         )
         .await?;
     if inserted == 1 {
-        return Ok(None);
+        return Ok(KeyState::New);
     }
     let row = client
         .query_one(
-            "SELECT event_id FROM idempotency_keys WHERE organization = $1 AND key = $2",
+            "SELECT event_id, published FROM idempotency_keys WHERE organization = $1 AND key = $2",
             &[&organization, &key],
         )
         .await?;
-    Ok(Some(row.get(0)))
+    let (id, published): (String, bool) = (row.get(0), row.get(1));
+    Ok(if published {
+        KeyState::Published(id)
+    } else {
+        KeyState::Pending(id)
+    })
 }
 
-/// Forgets a key whose publish failed, so that a retry of the request can publish.
-pub async fn release_idempotency_key(
+/// Marks a key's event as confirmed by the broker.
+pub async fn mark_key_published(
     client: &impl GenericClient,
     organization: i64,
     key: &str,
 ) -> Result<(), StoreError> {
     client
         .execute(
-            "DELETE FROM idempotency_keys WHERE organization = $1 AND key = $2",
+            "UPDATE idempotency_keys SET published = true WHERE organization = $1 AND key = $2",
             &[&organization, &key],
         )
         .await?;

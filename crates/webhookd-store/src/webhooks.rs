@@ -437,7 +437,14 @@ pub async fn rotate_secret(
     grace: std::time::Duration,
 ) -> Result<Option<String>, StoreError> {
     let tx = client.transaction().await?;
-    let Some(old) = webhook_secret(&tx, organization, id).await? else {
+    // Locked, so that two concurrent rotations cannot both retire the same secret and lose one.
+    let row = tx
+        .query_opt(
+            "SELECT secret FROM webhooks WHERE organization = $1 AND id = $2 FOR UPDATE",
+            &[&organization, &id],
+        )
+        .await?;
+    let Some(old) = row.map(|r| r.get::<_, String>(0)) else {
         return Ok(None);
     };
     let new = SigningSecret::generate().expose();

@@ -242,9 +242,20 @@ pub async fn detail(
             }),
         None => None,
     };
+    // The order the worker builds them in: defaults, then the webhook's static headers (which may replace
+    // Content-Type and User-Agent), then webhookd's own, which nothing replaces.
     let mut headers = Map::new();
+    headers.insert("content-type".into(), json!("application/json"));
+    headers.insert(
+        "user-agent".into(),
+        json!(webhookd_worker::dispatch::DEFAULT_USER_AGENT),
+    );
     if let Some(w) = &webhook {
         for (k, v) in &w.headers {
+            let lower = k.to_ascii_lowercase();
+            if lower == "content-type" || lower == "user-agent" {
+                headers.remove(&lower);
+            }
             let shown = if is_secret_header(k) {
                 json!("<redacted>")
             } else {
@@ -254,17 +265,13 @@ pub async fn detail(
         }
     }
     for (k, v) in [
-        ("content-type", json!("application/json")),
-        (
-            "user-agent",
-            json!(webhookd_worker::dispatch::DEFAULT_USER_AGENT),
-        ),
         ("webhook-id", json!(DeliveryId(delivery_id).to_string())),
         ("webhook-timestamp", json!("<the attempt's Unix time>")),
         ("webhook-signature", json!("<redacted>")),
         ("x-webhookd-action", json!(first.action)),
         ("x-webhookd-webhook-id", json!(first.webhook_id.to_string())),
         ("x-webhookd-event-id", json!(first.event_id.to_string())),
+        ("x-webhookd-attempt", json!("<the attempt number>")),
     ] {
         headers.insert(k.to_owned(), v);
     }

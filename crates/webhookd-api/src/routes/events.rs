@@ -6,11 +6,15 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde_json::{json, Value};
 use webhookd_core::{Event, EventError};
-use webhookd_store::events;
+use webhookd_store::events::{self, KeyState};
 
 use crate::error::ApiError;
 use crate::extract::{JsonBody, Principal};
 use crate::state::AppState;
+
+/// Namespace of event ids derived from idempotency keys.
+const IDEMPOTENCY_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x3b0f_6c2e_9d41_4a8e_b7c5_0e2f_91d4_a6b3);
 
 /// The longest `Idempotency-Key` accepted.
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -69,35 +73,43 @@ pub async fn ingest(
             }
         },
     };
-    let id = event
+    // With a key, the id is derived from it, so every retry of the request publishes the same event.
+    let derived = key.as_ref().map(|k| {
+        let name = format!("{}/{k}", principal.organization);
+        uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, name.as_bytes()).to_string()
+    });
+    let mut id = event
         .producer_id
         .clone()
+        .or(derived)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    event.producer_id = Some(id.clone());
     let client = state
         .pool
         .get()
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     if let Some(key) = &key {
-        if let Some(existing) =
-            events::claim_idempotency_key(&**client, principal.organization, key, &id).await?
-        {
-            return Ok((StatusCode::ACCEPTED, Json(json!({"id": existing}))));
+        match events::claim_idempotency_key(&**client, principal.organization, key, &id).await? {
+            KeyState::New => {}
+            KeyState::Pending(earlier) => id = earlier,
+            KeyState::Published(earlier) => {
+                return Ok((StatusCode::ACCEPTED, Json(json!({"id": earlier}))))
+            }
         }
     }
+    event.producer_id = Some(id.clone());
     let envelope = event.to_envelope().to_string();
     if let Err(e) = state
         .broker
         .publish_event(&event.action, envelope.as_bytes(), &id)
         .await
     {
-        if let Some(key) = &key {
-            events::release_idempotency_key(&**client, principal.organization, key).await?;
-        }
         return Err(ApiError::Unavailable(format!(
-            "The event was not published: {e}"
+            "The event was not published: {e}. Retry the request (with the same Idempotency-Key) to publish it."
         )));
+    }
+    if let Some(key) = &key {
+        events::mark_key_published(&**client, principal.organization, key).await?;
     }
     Ok((StatusCode::ACCEPTED, Json(json!({"id": id}))))
 }

@@ -16,7 +16,7 @@ pub struct InfoQuery {
 }
 
 /// Every action with its name, description, key and organization-only flag, in Label Studio's order.
-#[utoipa::path(get, path = "/api/webhooks/info/", tag = "webhooks", params(InfoQuery),
+#[utoipa::path(get, path = "/api/webhooks/info/", tag = "webhooks", params(InfoQuery), security(()),
     responses((status = 200, description = "Actions by name", body = Object)))]
 pub async fn info(State(state): State<AppState>, Query(q): Query<InfoQuery>) -> Json<Value> {
     let wanted = q.organization_only.map(|v| v == "true");

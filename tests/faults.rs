@@ -1,0 +1,339 @@
+//! Fault injection with real processes and services, all on 127.0.0.1: while a stream of 5,000 events
+//! flows to two webhooks, one fault happens; afterwards every (event, webhook) pair was received at least
+//! once and every delivery is logged as succeeded. Each test reports its duplicates. The tests run one at
+//! a time (they compete for the same two cores) and each uses its own database and RabbitMQ vhost.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::faults::{
+    rabbitmqctl, CountingReceiver, Proxy, ResilientPublisher, Vhost, WorkerProcess,
+};
+use support::{wait_for, PG_BASE};
+use webhookd_broker::Topology;
+use webhookd_core::RetryPolicy;
+use webhookd_store::webhooks::{create_webhook, NewWebhook};
+use webhookd_store::{database, migrate, Pool};
+
+const EVENTS: usize = 5000;
+const WEBHOOKS: usize = 2;
+const OUTAGE: Duration = Duration::from_secs(10);
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn rabbit() -> SocketAddr {
+    "127.0.0.1:5672".parse().unwrap()
+}
+
+fn postgres() -> SocketAddr {
+    "127.0.0.1:5432".parse().unwrap()
+}
+
+/// One stream: a database, a vhost with webhookd's topology, two webhooks on a counting receiver.
+struct Stream {
+    name: String,
+    pool: Pool,
+    vhost: Vhost,
+    exchange: String,
+    receiver: CountingReceiver,
+}
+
+impl Stream {
+    async fn new(tag: &str) -> Self {
+        let name = format!(
+            "whfault_{tag}_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let database_url = format!("{PG_BASE}/{name}");
+        migrate::migrate(&database_url).await.unwrap();
+        let pool = database::pool(&database_url, 4).unwrap();
+        let receiver = CountingReceiver::start().await;
+        let mut client = pool.get().await.unwrap();
+        for path in ["/a", "/b"] {
+            create_webhook(&mut client, &NewWebhook::new(1, None, receiver.url(path)))
+                .await
+                .unwrap();
+        }
+        let vhost = Vhost::create(&name);
+        let exchange = format!("{name}.events");
+        let schedule = RetryPolicy::parse_schedule("0.5,1,2,4,8,8").unwrap();
+        let topology = Topology::new(
+            &exchange,
+            &name,
+            RetryPolicy::new(schedule, true).longest_wait(),
+        );
+        let conn = webhookd_broker::connect(&vhost.url(rabbit()), "webhookd-fault-setup")
+            .await
+            .unwrap();
+        topology
+            .declare(&conn.create_channel().await.unwrap())
+            .await
+            .unwrap();
+        let _ = conn.close(200, "declared".into()).await;
+        Self {
+            name,
+            pool,
+            vhost,
+            exchange,
+            receiver,
+        }
+    }
+
+    fn database_url(&self, via: SocketAddr) -> String {
+        format!("postgres://postgres@{via}/{}", self.name)
+    }
+
+    fn worker(&self, db: SocketAddr, amqp: SocketAddr) -> WorkerProcess {
+        WorkerProcess::spawn(
+            &self.database_url(db),
+            &self.vhost.url(amqp),
+            &self.exchange,
+            &self.name,
+        )
+    }
+
+    /// Publishes the whole stream with confirms, from four connections at once.
+    async fn publish_all(&self) -> usize {
+        const PUBLISHERS: usize = 4;
+        let url = self.vhost.url(rabbit());
+        let tasks = (0..PUBLISHERS).map(|k| {
+            let (url, exchange) = (url.clone(), self.exchange.clone());
+            async move {
+                let mut publisher = ResilientPublisher::new(&url, &exchange);
+                for n in (k..EVENTS).step_by(PUBLISHERS) {
+                    let id = format!("f-{n}");
+                    let body = json!({"version": 1, "id": id, "organization": 1, "action": "PROJECT_DELETED",
+                        "project": null, "payload": {"project": {"id": n}}});
+                    publisher.publish("PROJECT_DELETED", body.to_string().as_bytes(), &id).await;
+                }
+                publisher.reconnects
+            }
+        });
+        futures::future::join_all(tasks).await.into_iter().sum()
+    }
+
+    /// Waits until a fraction of the deliveries has been received.
+    async fn reached(&self, fraction: f64) {
+        let goal = (EVENTS * WEBHOOKS) as f64 * fraction;
+        wait_for("the stream under way", Duration::from_secs(120), || async {
+            (self.receiver.distinct() as f64 >= goal).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits for every pair to be received and logged; returns the number of duplicate requests.
+    async fn complete(&self, what: &str) -> usize {
+        let expected = EVENTS * WEBHOOKS;
+        wait_for(
+            "every (event, webhook) pair received",
+            Duration::from_secs(180),
+            || async { (self.receiver.distinct() == expected).then_some(()) },
+        )
+        .await;
+        let pool = &self.pool;
+        wait_for("every delivery logged as succeeded", Duration::from_secs(60), || async move {
+            let client = pool.get().await.ok()?;
+            let row = client
+                .query_one("SELECT count(DISTINCT delivery_id) FROM delivery_attempts WHERE outcome = 'succeeded'", &[])
+                .await
+                .ok()?;
+            (row.get::<_, i64>(0) as usize == expected).then_some(())
+        })
+        .await;
+        let duplicates = self.receiver.requests() - expected;
+        println!(
+            "fault {what}: {expected} deliveries complete; {} requests, {duplicates} duplicates",
+            self.receiver.requests()
+        );
+        duplicates
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // Workers are gone by now; give a killed one a moment to vanish before its vhost does.
+        std::thread::sleep(Duration::from_millis(300));
+        let url = format!("{PG_BASE}/{}", self.name);
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(async {
+                    let _ = database::drop_database(&url).await;
+                });
+            }
+        })
+        .join();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_and_restarted() {
+    let _serial = SERIAL.lock().await;
+    let s = Stream::new("kill").await;
+    let mut worker = s.worker(postgres(), rabbit());
+    let fault = async {
+        s.reached(0.3).await;
+        worker.kill().await;
+        s.worker(postgres(), rabbit())
+    };
+    let (_, mut restarted) = tokio::join!(s.publish_all(), fault);
+    s.complete("worker SIGKILLed and restarted").await;
+    restarted.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_and_one_killed() {
+    let _serial = SERIAL.lock().await;
+    let s = Stream::new("two").await;
+    let mut one = s.worker(postgres(), rabbit());
+    let mut two = s.worker(postgres(), rabbit());
+    let fault = async {
+        s.reached(0.3).await;
+        one.kill().await;
+    };
+    tokio::join!(s.publish_all(), fault);
+    s.complete("one of two workers SIGKILLed").await;
+    two.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_broker_connection_closed() {
+    let _serial = SERIAL.lock().await;
+    let s = Stream::new("close").await;
+    let mut worker = s.worker(postgres(), rabbit());
+    let fault = async {
+        s.reached(0.3).await;
+        rabbitmqctl(&[
+            "-q",
+            "close_all_connections",
+            "--vhost",
+            &s.vhost.name,
+            "fault injection",
+        ]);
+    };
+    let (reconnects, ()) = tokio::join!(s.publish_all(), fault);
+    s.complete("every broker connection closed").await;
+    println!("publisher reconnects: {reconnects}");
+    worker.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_connections_terminated() {
+    let _serial = SERIAL.lock().await;
+    let s = Stream::new("term").await;
+    let mut worker = s.worker(postgres(), rabbit());
+    let fault = async {
+        s.reached(0.3).await;
+        let admin = database::pool(&format!("{PG_BASE}/postgres"), 1).unwrap();
+        let client = admin.get().await.unwrap();
+        let killed = client
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&s.name],
+            )
+            .await
+            .unwrap();
+        assert!(
+            killed.get::<_, i64>(0) > 0,
+            "no worker connection was terminated"
+        );
+    };
+    tokio::join!(s.publish_all(), fault);
+    s.complete("database connections terminated").await;
+    worker.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_unreachable_for_ten_seconds() {
+    let _serial = SERIAL.lock().await;
+    let s = Stream::new("dbcut").await;
+    let proxy = Proxy::start(postgres()).await;
+    let mut worker = s.worker(proxy.addr, rabbit());
+    let fault = async {
+        s.reached(0.3).await;
+        proxy.cut();
+        let before = s.receiver.distinct();
+        tokio::time::sleep(OUTAGE).await;
+        proxy.restore();
+        before
+    };
+    let (_, before) = tokio::join!(s.publish_all(), fault);
+    s.complete("database unreachable for 10 s").await;
+    assert!(
+        before < EVENTS * WEBHOOKS,
+        "the outage came after the stream"
+    );
+    worker.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_unreachable_for_ten_seconds() {
+    let _serial = SERIAL.lock().await;
+    let s = Stream::new("mqcut").await;
+    let proxy = Proxy::start(rabbit()).await;
+    let mut worker = s.worker(postgres(), proxy.addr);
+    let fault = async {
+        s.reached(0.3).await;
+        proxy.cut();
+        tokio::time::sleep(OUTAGE).await;
+        proxy.restore();
+    };
+    tokio::join!(s.publish_all(), fault);
+    s.complete("broker unreachable for 10 s").await;
+    worker.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_down_for_ten_seconds() {
+    let _serial = SERIAL.lock().await;
+    let s = Stream::new("rxdown").await;
+    let mut worker = s.worker(postgres(), rabbit());
+    let fault = async {
+        s.reached(0.3).await;
+        s.receiver.down();
+        tokio::time::sleep(OUTAGE).await;
+        s.receiver.up().await;
+    };
+    tokio::join!(s.publish_all(), fault);
+    s.complete("receiver down for 10 s").await;
+    let client = s.pool.get().await.unwrap();
+    let failed = client
+        .query_one(
+            "SELECT count(*) FROM delivery_attempts WHERE outcome = 'failed'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(
+        failed.get::<_, i64>(0) > 0,
+        "the outage produced failed attempts that were retried"
+    );
+    worker.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_stream_exits_zero_within_the_grace_period() {
+    let _serial = SERIAL.lock().await;
+    let s = Stream::new("term").await;
+    let mut worker = s.worker(postgres(), rabbit());
+    let fault = async {
+        s.reached(0.3).await;
+        let started = Instant::now();
+        let (code, took) = worker.terminate(Duration::from_secs(15)).await;
+        assert_eq!(code, Some(0), "SIGTERM ends the worker cleanly");
+        assert!(
+            took < Duration::from_secs(11),
+            "stopped in {took:?}, beyond the 10 s grace period"
+        );
+        let _ = started;
+        s.worker(postgres(), rabbit())
+    };
+    let (_, mut next) = tokio::join!(s.publish_all(), fault);
+    s.complete("SIGTERM mid-stream").await;
+    next.kill().await;
+}
