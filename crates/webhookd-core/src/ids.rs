@@ -2,6 +2,8 @@
 
 use uuid::Uuid;
 
+/// Namespace of the name-based (v5) event ids of events that carry a producer id.
+const EVENT_NAMESPACE: Uuid = Uuid::from_u128(0x0c4e_2b7a_91d3_4f60_8e15_7a9b_c2d4_e6f1);
 /// Namespace of the name-based (v5) delivery ids.
 const DELIVERY_NAMESPACE: Uuid = Uuid::from_u128(0x6f0c_8a1e_52b4_4f7d_9c59_2a3c_1b5e_d4a7);
 
@@ -18,6 +20,16 @@ impl EventId {
     /// A new time-ordered event id.
     pub fn new() -> Self {
         Self(Uuid::now_v7())
+    }
+}
+
+impl EventId {
+    /// The id of the event a producer identified as `producer_id` in `organization`: the same on every
+    /// re-publish and every redelivery, so its deliveries keep their `webhook-id`.
+    pub fn for_producer(organization: i64, producer_id: &str) -> Self {
+        let mut name = organization.to_be_bytes().to_vec();
+        name.extend_from_slice(producer_id.as_bytes());
+        Self(Uuid::new_v5(&EVENT_NAMESPACE, &name))
     }
 }
 
@@ -53,6 +65,13 @@ impl std::fmt::Display for DeliveryId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn producer_event_ids_are_stable_per_organization() {
+        assert_eq!(EventId::for_producer(1, "a"), EventId::for_producer(1, "a"));
+        assert_ne!(EventId::for_producer(1, "a"), EventId::for_producer(2, "a"));
+        assert_ne!(EventId::for_producer(1, "a"), EventId::for_producer(1, "b"));
+    }
 
     #[test]
     fn delivery_ids_are_stable_and_distinct() {

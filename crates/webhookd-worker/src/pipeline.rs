@@ -108,7 +108,12 @@ async fn process_event(
     let claim = shared
         .claims
         .submit(NewEvent {
-            id: EventId::new().0,
+            id: event
+                .producer_id
+                .as_deref()
+                .map(|p| EventId::for_producer(event.organization, p))
+                .unwrap_or_default()
+                .0,
             organization: event.organization,
             project: event.project_id,
             action: event.action.clone(),
