@@ -69,7 +69,23 @@ pub async fn drop_database(url: &str) -> Result<(), StoreError> {
 
 /// A pool of `size` connections to `url`.
 pub fn pool(url: &str, size: usize) -> Result<Pool, StoreError> {
-    let config = parse_url(url)?;
+    pool_with_options(url, size, None)
+}
+
+/// A pool of `size` connections to `url` whose sessions start with the server `options`
+/// (e.g. `-c synchronous_commit=off`).
+pub fn pool_with_options(
+    url: &str,
+    size: usize,
+    options: Option<&str>,
+) -> Result<Pool, StoreError> {
+    let mut config = parse_url(url)?;
+    if let Some(options) = options {
+        config.options(options);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("webhookd");
+    }
     let manager = Manager::from_config(
         config,
         NoTls,

@@ -75,11 +75,11 @@ pub struct Disabled {
 /// `max_consecutive_failures` when it is positive, and those that answered 410) in one transaction.
 pub async fn write_attempts(
     client: &mut Client,
-    rows: &[AttemptRow],
+    rows: &[&AttemptRow],
     max_consecutive_failures: i32,
 ) -> Result<Vec<Disabled>, StoreError> {
     let tx = client.transaction().await?;
-    let col = |f: &dyn Fn(&AttemptRow) -> Uuid| rows.iter().map(f).collect::<Vec<Uuid>>();
+    let col = |f: &dyn Fn(&AttemptRow) -> Uuid| rows.iter().map(|r| f(r)).collect::<Vec<Uuid>>();
     let delivery_ids = col(&|r| r.delivery_id);
     let event_ids = col(&|r| r.event_id);
     let webhook_ids: Vec<i64> = rows.iter().map(|r| r.webhook_id).collect();

@@ -87,6 +87,8 @@ async fn process_event(
             return dead_letter(publisher, &settings.topology, delivery, &reason.to_string()).await;
         }
     };
+    // The stored envelope is the message itself unless webhookd had to fill in the id.
+    let as_published = event.producer_id.is_some();
     if event.producer_id.is_none() {
         // A producer that set only the AMQP message id still gets exactly-once on re-publish.
         event.producer_id = delivery
@@ -118,7 +120,10 @@ async fn process_event(
             project: event.project_id,
             action: event.action.clone(),
             producer_id: event.producer_id.clone(),
-            body: event.to_envelope().to_string(),
+            body: match as_published {
+                true => String::from_utf8_lossy(&delivery.data).into_owned(),
+                false => event.to_envelope().to_string(),
+            },
         })
         .await?;
     if !claim.fresh && !delivery.redelivered {
@@ -259,6 +264,8 @@ async fn attempt(
     } else {
         action_only.clone()
     };
+    // The semaphore is never closed, so acquiring fails only if it were; then send without a slot.
+    let _slot = shared.delivery_slots.acquire().await.ok();
     webhookd_metrics::IN_FLIGHT.inc();
     let report = shared
         .dispatcher

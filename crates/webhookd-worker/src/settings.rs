@@ -27,6 +27,8 @@ pub struct WorkerSettings {
     pub max_consecutive_failures: i32,
     /// Messages in flight per consumer (`WEBHOOKD_PREFETCH`).
     pub prefetch: u16,
+    /// HTTP attempts in flight at once, across all messages (`WEBHOOKD_MAX_CONCURRENT_DELIVERIES`).
+    pub max_concurrent_deliveries: usize,
     /// Bytes of each response kept in the log.
     pub response_excerpt_bytes: usize,
     /// Database connections.

@@ -62,6 +62,8 @@ pub struct Shared {
     pub dispatcher: Dispatcher,
     /// Database connections.
     pub pool: Pool,
+    /// Bounds the HTTP attempts in flight, so a fan-out to many webhooks cannot open unbounded requests.
+    pub delivery_slots: tokio::sync::Semaphore,
 }
 
 impl Shared {
@@ -115,7 +117,7 @@ impl Flush for LogWriter {
     type Req = Vec<AttemptRow>;
     type Resp = ();
     async fn flush(&self, batch: &[Vec<AttemptRow>]) -> Result<Vec<()>, StoreError> {
-        let rows: Vec<AttemptRow> = batch.iter().flatten().cloned().collect();
+        let rows: Vec<&AttemptRow> = batch.iter().flatten().collect();
         let mut client = self.pool.get().await?;
         let disabled =
             delivery_log::write_attempts(&mut client, &rows, self.max_consecutive_failures).await?;
@@ -144,6 +146,14 @@ impl Worker {
     pub async fn start(settings: WorkerSettings) -> Result<Self, WorkerError> {
         migrate::migrate(&settings.database_url).await?;
         let pool = database::pool(&settings.database_url, settings.pool_size)?;
+        // Claims commit without waiting for their WAL flush: the log write that must precede every ack
+        // is a synchronous commit later in the same WAL, so it makes the claim durable too; a claim lost
+        // to a database crash before that is re-made on redelivery with the same (name-based) event id.
+        let claim_pool = database::pool_with_options(
+            &settings.database_url,
+            2,
+            Some("-c synchronous_commit=off"),
+        )?;
         let cache = SubscriptionCache::default();
         cache.load_all(&pool).await?;
         let background = CancellationToken::new();
@@ -160,7 +170,7 @@ impl Worker {
                 settings.response_excerpt_bytes,
                 settings.network_policy.clone(),
             )?,
-            claims: Batcher::spawn("event claim", ClaimWriter(pool.clone()), MAX_BATCH),
+            claims: Batcher::spawn("event claim", ClaimWriter(claim_pool), MAX_BATCH),
             log: Batcher::spawn(
                 "delivery log",
                 LogWriter {
@@ -171,6 +181,7 @@ impl Worker {
             ),
             cache,
             pool,
+            delivery_slots: tokio::sync::Semaphore::new(settings.max_concurrent_deliveries.max(1)),
             settings,
         };
         Ok(Self {

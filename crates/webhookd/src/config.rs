@@ -51,6 +51,8 @@ pub struct Config {
     pub max_consecutive_failures: i32,
     /// `WEBHOOKD_PREFETCH`.
     pub prefetch: u16,
+    /// `WEBHOOKD_MAX_CONCURRENT_DELIVERIES`.
+    pub max_concurrent_deliveries: usize,
     /// `WEBHOOKD_DB_POOL_SIZE`.
     pub pool_size: usize,
     /// `WEBHOOKD_RESPONSE_EXCERPT_BYTES`.
@@ -224,6 +226,12 @@ impl Config {
                 "an integer (<= 0 never disables)",
                 |_| true,
             )?,
+            max_concurrent_deliveries: env.parse(
+                "WEBHOOKD_MAX_CONCURRENT_DELIVERIES",
+                512usize,
+                "an integer from 1 to 100000",
+                |n| (1..=100_000).contains(n),
+            )?,
             prefetch: env.parse(
                 "WEBHOOKD_PREFETCH",
                 256u16,
@@ -327,6 +335,7 @@ impl Config {
             retry_policy: self.retry_policy(),
             max_consecutive_failures: self.max_consecutive_failures,
             prefetch: self.prefetch,
+            max_concurrent_deliveries: self.max_concurrent_deliveries,
             response_excerpt_bytes: self.response_excerpt_bytes,
             pool_size: self.pool_size,
             shutdown_grace: self.shutdown_grace,

@@ -119,7 +119,7 @@ pub async fn test(
         next_attempt_at: None,
         health,
     };
-    delivery_log::write_attempts(&mut client, &[row], state.settings.max_consecutive_failures)
+    delivery_log::write_attempts(&mut client, &[&row], state.settings.max_consecutive_failures)
         .await?;
     Ok(Json(TestOutcome {
         delivery_id: delivery_id.to_string(),
