@@ -353,3 +353,38 @@ async fn ssrf_protection_refuses_internal_addresses_at_send_time() {
     assert!(rx.all().is_empty(), "nothing reached the internal receiver");
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresponsive_webhook_goes_to_the_slow_lane_and_stops_holding_acks() {
+    // Two messages in flight at a time: waiting on a 1 s timeout for every event would take 10 s for 20.
+    let env = TestEnv::new(|s| {
+        s.retry_policy = RetryPolicy::new(Vec::new(), true);
+        s.prefetch = 2;
+    })
+    .await;
+    let rx = Receiver::start().await;
+    rx.script("/stuck", |_| (200, vec![], Duration::from_secs(5)));
+    let (stuck, _) = env
+        .webhook(NewWebhook::new(1, None, rx.url("/stuck")))
+        .await;
+    env.webhook(NewWebhook::new(1, None, rx.url("/healthy")))
+        .await;
+    let worker = env.start_worker().await;
+    let started = std::time::Instant::now();
+    for n in 0..20 {
+        env.publish(&event(n)).await;
+    }
+    rx.wait_for("/healthy", 20, DEADLINE).await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "healthy deliveries took {took:?}: held up by the stuck webhook"
+    );
+    // Every delivery to the stuck webhook is still attempted (from the retry queue) and logged.
+    let rows = wait_rows(&env, stuck, 20).await;
+    assert!(rows
+        .iter()
+        .all(|r| r.0 == 1 && r.3.as_deref().unwrap_or("").starts_with("timeout")));
+    assert_eq!(rx.requests("/stuck").len(), 20);
+    worker.stop().await;
+}

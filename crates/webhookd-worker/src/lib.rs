@@ -6,6 +6,7 @@ pub mod batcher;
 pub mod dispatch;
 pub mod pipeline;
 pub mod settings;
+pub mod slow_lane;
 pub mod subscriptions;
 pub mod worker;
 

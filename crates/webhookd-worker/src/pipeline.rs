@@ -135,15 +135,28 @@ async fn process_event(
     let event_id = EventId(claim.event_id);
     let bodies = build_bodies(shared, &event);
     let mut attempts = Vec::with_capacity(subscribers.len() * bodies.len());
+    let mut deferred = Vec::new();
     for webhook in &subscribers {
+        let slow = shared.slow_lane.is_slow(webhook.id);
         for chunk in 0..bodies.len() {
-            attempts.push(attempt(
-                shared, webhook, &event, event_id, chunk, 1, &bodies,
-            ));
+            if slow {
+                deferred.push(RetryTask {
+                    event_id: event_id.0,
+                    webhook_id: webhook.id,
+                    chunk: chunk as u32,
+                    attempt: 1,
+                    due_at_ms: now_ms(),
+                });
+            } else {
+                attempts.push(attempt(
+                    shared, webhook, &event, event_id, chunk, 1, &bodies,
+                ));
+            }
         }
     }
     let done = futures::future::join_all(attempts).await;
-    finish(shared, publisher, done).await?;
+    // A deferred first attempt is logged when it is made, from the retry queue.
+    finish(shared, publisher, done, deferred).await?;
     consumed("delivered");
     Ok(())
 }
@@ -189,6 +202,7 @@ async fn process_retry(
                     shared,
                     publisher,
                     vec![abandon_unknown_event(&w, &task, &reason)],
+                    Vec::new(),
                 )
                 .await
             }
@@ -229,7 +243,7 @@ async fn process_retry(
         )],
         None => vec![abandon(&event, event_id, &task, "webhook was deleted")],
     };
-    finish(shared, publisher, done).await
+    finish(shared, publisher, done, Vec::new()).await
 }
 
 fn build_bodies(shared: &Shared, event: &Event) -> Vec<(Bytes, Bytes)> {
@@ -279,6 +293,9 @@ async fn attempt(
         })
         .await;
     webhookd_metrics::IN_FLIGHT.dec();
+    shared
+        .slow_lane
+        .observe(webhook.id, report.result, report.duration);
     let verdict =
         shared
             .settings
@@ -426,11 +443,12 @@ async fn finish(
     shared: &Shared,
     publisher: &ConfirmedPublisher,
     done: Vec<(AttemptRow, Option<RetryTask>)>,
+    deferred: Vec<RetryTask>,
 ) -> Result<(), HandleError> {
     let (rows, retries): (Vec<AttemptRow>, Vec<Option<RetryTask>>) = done.into_iter().unzip();
     let topology = &shared.settings.topology;
     let publish = async {
-        for task in retries.into_iter().flatten() {
+        for task in retries.into_iter().flatten().chain(deferred) {
             schedule(publisher, topology, &task).await?;
         }
         Ok::<(), HandleError>(())

@@ -64,6 +64,8 @@ pub struct Shared {
     pub pool: Pool,
     /// Bounds the HTTP attempts in flight, so a fan-out to many webhooks cannot open unbounded requests.
     pub delivery_slots: tokio::sync::Semaphore,
+    /// Webhooks whose deliveries are deferred to the retry queue instead of being waited on inline.
+    pub slow_lane: crate::slow_lane::SlowLane,
 }
 
 impl Shared {
@@ -182,6 +184,7 @@ impl Worker {
             cache,
             pool,
             delivery_slots: tokio::sync::Semaphore::new(settings.max_concurrent_deliveries.max(1)),
+            slow_lane: crate::slow_lane::SlowLane::new(settings.timeout),
             settings,
         };
         Ok(Self {
