@@ -119,8 +119,12 @@ pub async fn test(
         next_attempt_at: None,
         health,
     };
-    delivery_log::write_attempts(&mut client, &[&row], state.settings.max_consecutive_failures)
-        .await?;
+    delivery_log::write_attempts(
+        &mut client,
+        &[&row],
+        state.settings.max_consecutive_failures,
+    )
+    .await?;
     Ok(Json(TestOutcome {
         delivery_id: delivery_id.to_string(),
         event_id: event_id.to_string(),

@@ -1,0 +1,371 @@
+//! The ceilings a worker run is measured against, on this machine: the receiver alone under an in-process
+//! keep-alive HTTP load generator, and RabbitMQ alone (persistent publishes with confirms, consumed with
+//! acks, on a throwaway queue). Both share the machine's cores with the bench itself, as the worker does.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Confirmation, Connection};
+use serde_json::{json, Value};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::publish::{envelope, unix_micros, webhook_body};
+use crate::receiver::{Behavior, Receiver};
+use crate::report::{round, Percentiles};
+use crate::world::AMQP_URL;
+use crate::BoxError;
+
+/// The receiver under load.
+#[derive(Debug, Clone)]
+pub struct HttpLimit {
+    /// Concurrent requests.
+    pub concurrency: usize,
+    /// Requests answered 200.
+    pub requests: u64,
+    /// Time taken.
+    pub seconds: f64,
+    /// Request → response time, milliseconds.
+    pub latency: Option<Percentiles>,
+    /// Mean body size sent.
+    pub body_bytes: usize,
+}
+
+impl HttpLimit {
+    /// Requests per second.
+    pub fn per_s(&self) -> f64 {
+        self.requests as f64 / self.seconds.max(1e-9)
+    }
+
+    /// As JSON.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "concurrency": self.concurrency,
+            "requests": self.requests,
+            "seconds": round(self.seconds, 3),
+            "requests_per_s": round(self.per_s(), 1),
+            "latency_ms": self.latency.map(Percentiles::to_json),
+            "body_bytes": self.body_bytes,
+        })
+    }
+}
+
+/// POSTs ~300-byte bodies to the receiver from `concurrency` keep-alive connections for `secs` seconds.
+pub async fn http(secs: f64, concurrency: usize) -> Result<HttpLimit, BoxError> {
+    let receiver = Receiver::start(vec![Behavior::Healthy]).await?;
+    let result = http_load(&receiver, secs, concurrency).await;
+    receiver.stop().await;
+    result
+}
+
+async fn http_load(
+    receiver: &Receiver,
+    secs: f64,
+    concurrency: usize,
+) -> Result<HttpLimit, BoxError> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let url = receiver.url(0);
+    let body_bytes = webhook_body(0, unix_micros()).len();
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let mut tasks = JoinSet::new();
+    for task in 0..concurrency {
+        let (client, url) = (client.clone(), url.clone());
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut i = 0u64;
+            while Instant::now() < end {
+                let sent = Instant::now();
+                let response = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("webhook-id", format!("msg_load_{task}_{i}"))
+                    .body(webhook_body(i, unix_micros()))
+                    .send()
+                    .await?;
+                let status = response.status();
+                response.bytes().await?;
+                if !status.is_success() {
+                    return Err(format!("the receiver answered {status}").into());
+                }
+                latencies.push(sent.elapsed().as_micros() as u64);
+                i += 1;
+            }
+            Ok::<_, BoxError>(latencies)
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        all.extend(joined.map_err(|e| format!("load task failed: {e}"))??);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let progress = receiver.progress(&[0]);
+    if progress.distinct != all.len() as u64 {
+        return Err(format!(
+            "the receiver counted {} distinct requests, the client {}",
+            progress.distinct,
+            all.len()
+        )
+        .into());
+    }
+    Ok(HttpLimit {
+        concurrency,
+        requests: all.len() as u64,
+        seconds,
+        latency: Percentiles::of_micros(all),
+        body_bytes,
+    })
+}
+
+/// RabbitMQ alone on one queue type.
+#[derive(Debug, Clone)]
+pub struct AmqpLimit {
+    /// `quorum` or `classic`.
+    pub queue_type: String,
+    /// Publishes confirmed within the window.
+    pub published: u64,
+    /// Messages consumed and acked within the window.
+    pub consumed: u64,
+    /// The window.
+    pub seconds: f64,
+    /// Message size.
+    pub message_bytes: usize,
+}
+
+impl AmqpLimit {
+    /// Confirmed publishes per second.
+    pub fn publish_per_s(&self) -> f64 {
+        self.published as f64 / self.seconds.max(1e-9)
+    }
+
+    /// Acked messages per second.
+    pub fn consume_per_s(&self) -> f64 {
+        self.consumed as f64 / self.seconds.max(1e-9)
+    }
+
+    /// As JSON.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "queue_type": self.queue_type,
+            "published": self.published,
+            "consumed": self.consumed,
+            "seconds": round(self.seconds, 3),
+            "publish_per_s": round(self.publish_per_s(), 1),
+            "consume_per_s": round(self.consume_per_s(), 1),
+            "message_bytes": self.message_bytes,
+        })
+    }
+}
+
+/// Messages published but not yet consumed beyond which publishers wait: the measurement is of a
+/// sustained flow (as in the pipeline, every message is published once and consumed once), not of a
+/// backlog piling up while publishers starve the consumer.
+const MAX_BACKLOG: u64 = 2_000;
+
+/// Publishes persistent messages with confirms (`publishers` channels, `window` unconfirmed each) while
+/// one consumer with `prefetch` acks them one by one, for `secs` seconds, on a throwaway queue; the
+/// publishers keep at most [`MAX_BACKLOG`] messages ahead of the consumer.
+pub async fn amqp(
+    queue_type: &str,
+    secs: f64,
+    publishers: usize,
+    window: usize,
+    prefetch: u16,
+) -> Result<AmqpLimit, BoxError> {
+    let connection = webhookd_broker::connect(AMQP_URL, "webhookd-bench-limits")
+        .await
+        .map_err(|e| format!("connecting to RabbitMQ: {e}"))?;
+    let queue = format!(
+        "webhookd_bench_{}.limits.{queue_type}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let result = amqp_load(
+        &connection,
+        &queue,
+        queue_type,
+        secs,
+        publishers,
+        window,
+        prefetch,
+    )
+    .await;
+    let deleted = async {
+        let channel = connection.create_channel().await?;
+        channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+        Ok::<_, lapin::Error>(())
+    }
+    .await;
+    let _ = connection.close(200, "bench done".into()).await;
+    match (result, deleted) {
+        (Ok(r), Ok(())) => Ok(r),
+        (Ok(_), Err(e)) => Err(format!("deleting queue {queue}: {e}").into()),
+        (Err(e), _) => Err(e),
+    }
+}
+
+async fn amqp_load(
+    connection: &Connection,
+    queue: &str,
+    queue_type: &str,
+    secs: f64,
+    publishers: usize,
+    window: usize,
+    prefetch: u16,
+) -> Result<AmqpLimit, BoxError> {
+    let channel = connection.create_channel().await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(queue_type.into()),
+    );
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
+
+    let consumer_channel = connection.create_channel().await?;
+    consumer_channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let mut consumer = consumer_channel
+        .basic_consume(
+            queue.into(),
+            "webhookd-bench-limits".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let consumed = Arc::new(AtomicU64::new(0));
+    let stop = CancellationToken::new();
+    let consuming = {
+        let (consumed, stop) = (consumed.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    next = consumer.next() => match next {
+                        Some(Ok(delivery)) => {
+                            delivery.acker.ack(BasicAckOptions::default()).await?;
+                            consumed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some(Err(e)) => return Err(e),
+                        None => return Ok(()),
+                    }
+                }
+            }
+        })
+    };
+
+    let sent = Arc::new(AtomicU64::new(0));
+    let message_bytes = envelope("bench-limits", 0, unix_micros()).len();
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let mut tasks = JoinSet::new();
+    for k in 0..publishers.max(1) {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let queue = queue.to_owned();
+        let (sent, consumed) = (sent.clone(), consumed.clone());
+        tasks.spawn(async move {
+            let mut in_flight = FuturesUnordered::new();
+            let mut confirmed = 0u64;
+            let mut n = 0u64;
+            let options = BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            };
+            while Instant::now() < end {
+                while in_flight.len() >= window.max(1) {
+                    if let Some(c) = in_flight.next().await {
+                        confirmed += settle(c)?;
+                    }
+                }
+                while sent.load(Ordering::Relaxed) >= consumed.load(Ordering::Relaxed) + MAX_BACKLOG
+                    && Instant::now() < end
+                {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+                let body = envelope(&format!("bench-limits-{k}"), n, unix_micros());
+                let props = BasicProperties::default()
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2);
+                in_flight.push(
+                    channel
+                        .basic_publish("".into(), queue.as_str().into(), options, &body, props)
+                        .await?,
+                );
+                n += 1;
+            }
+            // Only confirms that arrive within the window count.
+            while let Ok(Some(c)) = tokio::time::timeout_at(end.into(), in_flight.next()).await {
+                confirmed += settle(c)?;
+            }
+            let _ = channel.close(200, "done".into()).await;
+            Ok::<_, BoxError>(confirmed)
+        });
+    }
+    let mut published = 0;
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(n)) => published += n,
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(format!("publisher task failed: {e}").into());
+            }
+        }
+    }
+    tokio::time::sleep_until(end.into()).await;
+    let consumed_in_window = consumed.load(Ordering::Relaxed);
+    stop.cancel();
+    let consumer_result = consuming.await;
+    let _ = consumer_channel.close(200, "done".into()).await;
+    if let Some(e) = first_error {
+        return Err(format!("publishing to {queue}: {e}").into());
+    }
+    match consumer_result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(format!("consuming from {queue}: {e}").into()),
+        Err(e) => return Err(format!("consumer task failed: {e}").into()),
+    }
+    Ok(AmqpLimit {
+        queue_type: queue_type.to_owned(),
+        published,
+        consumed: consumed_in_window,
+        seconds: secs,
+        message_bytes,
+    })
+}
+
+fn settle(confirmation: lapin::Result<Confirmation>) -> Result<u64, BoxError> {
+    match confirmation? {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(1),
+        Confirmation::Ack(Some(_)) => Err("a publish to the throwaway queue was unroutable".into()),
+        Confirmation::Nack(_) => Err("the broker refused a publish (nack)".into()),
+    }
+}

@@ -1,0 +1,554 @@
+//! One worker-backed run: its own database and RabbitMQ names, a receiver, webhooks, a `webhookd worker`
+//! child process, the publishing, the wait for every delivery to be received and logged, the costs, and
+//! the clean-up (worker killed, topology deleted, database dropped), which happens whatever went wrong.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::Connection;
+use serde_json::{json, Value};
+use tokio::process::{Child, Command};
+use webhookd_broker::Topology;
+use webhookd_core::retry_policy::DEFAULT_SCHEDULE;
+use webhookd_core::RetryPolicy;
+use webhookd_store::database;
+use webhookd_store::webhooks::{self, NewWebhook};
+
+use crate::procstat::{self, Services};
+use crate::publish::{self, Plan, Published};
+use crate::receiver::{Behavior, Receiver, Snapshot};
+use crate::report::{round, Percentiles};
+use crate::BoxError;
+
+/// PostgreSQL server (loopback only); each run makes and drops its own database on it.
+pub const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432";
+/// RabbitMQ (loopback only); each run declares and deletes its own exchange and queues on it.
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// No new delivery for this long means the run is stuck.
+const STALL: Duration = Duration::from_secs(60);
+
+/// What one run does.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// Name of the run in the report.
+    pub label: String,
+    /// One webhook per entry, answered as it says.
+    pub hooks: Vec<Behavior>,
+    /// The webhooks whose deliveries are waited for and measured.
+    pub measured: Vec<usize>,
+    /// Events to publish.
+    pub events: u64,
+    /// Events per second, or `None` for as fast as possible.
+    pub rate: Option<f64>,
+    /// `WEBHOOK_RETRY_SCHEDULE` (the worker's default when `None`).
+    pub retry_schedule: Option<String>,
+    /// Other worker settings.
+    pub worker_env: Vec<(&'static str, String)>,
+    /// Publishing channels.
+    pub publishers: usize,
+    /// Unconfirmed publishes per channel.
+    pub window: usize,
+}
+
+impl RunSpec {
+    /// Deliveries the measured webhooks must receive (one per event each).
+    pub fn expected(&self) -> u64 {
+        self.events * self.measured.len() as u64
+    }
+}
+
+/// What one run measured.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    /// The run's name.
+    pub label: String,
+    /// Events published.
+    pub events: u64,
+    /// Deliveries expected at the measured webhooks.
+    pub expected: u64,
+    /// Distinct deliveries received by them.
+    pub deliveries: u64,
+    /// Distinct deliveries the worker logged as succeeded for them.
+    pub logged: u64,
+    /// From the first receipt to the last.
+    pub seconds: f64,
+    /// `deliveries / seconds`.
+    pub per_s: f64,
+    /// Publishing.
+    pub published: Published,
+    /// Publish → receive latency, milliseconds.
+    pub latency: Option<Percentiles>,
+    /// The receiver's counters.
+    pub receiver: Snapshot,
+    /// Log rows by outcome (`succeeded`, `failed`, `dead`).
+    pub attempts_by_outcome: Vec<(String, i64)>,
+    /// Peak RSS of the worker.
+    pub peak_rss_mib: Option<f64>,
+    /// CPU seconds of the worker from when it was consuming until everything was logged.
+    pub worker_cpu_s: Option<f64>,
+    /// CPU seconds of the worker's start-up (migrations, topology, subscription cache).
+    pub worker_startup_cpu_s: Option<f64>,
+    /// Most file descriptors the worker had open (sampled every 0.5 s).
+    pub peak_fds: usize,
+    /// CPU seconds of PostgreSQL, RabbitMQ and the bench during the run.
+    pub services: Services,
+    /// From the first publish until everything was logged.
+    pub wall_s: f64,
+}
+
+impl RunResult {
+    /// Worker CPU seconds (during the run, start-up excluded) per 10,000 deliveries.
+    pub fn cpu_s_per_10k(&self) -> Option<f64> {
+        let cpu = self.worker_cpu_s?;
+        (self.deliveries > 0).then(|| cpu * 10_000.0 / self.deliveries as f64)
+    }
+
+    /// Busy CPU of the machine not accounted to the worker, PostgreSQL, RabbitMQ or the bench: other
+    /// work that disturbed the run (plus kernel time on their behalf that /proc does not attribute).
+    pub fn other_cpu_s(&self) -> f64 {
+        let s = &self.services;
+        (s.machine - self.worker_cpu_s.unwrap_or(0.0) - s.postgres - s.rabbitmq - s.bench).max(0.0)
+    }
+
+    /// Log rows with `outcome`.
+    pub fn attempts(&self, outcome: &str) -> i64 {
+        self.attempts_by_outcome
+            .iter()
+            .find(|(o, _)| o == outcome)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    }
+
+    /// The run as JSON.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "label": self.label,
+            "events": self.events,
+            "deliveries": self.deliveries,
+            "expected_deliveries": self.expected,
+            "logged": self.logged,
+            "seconds": round(self.seconds, 3),
+            "deliveries_per_s": round(self.per_s, 1),
+            "publish_s": round(self.published.seconds, 3),
+            "publish_per_s": round(self.published.events as f64 / self.published.seconds.max(1e-9), 1),
+            "latency_ms": self.latency.map(Percentiles::to_json),
+            "peak_rss_mib": self.peak_rss_mib.map(|v| round(v, 1)),
+            "worker_cpu_s": self.worker_cpu_s.map(|v| round(v, 2)),
+            "worker_startup_cpu_s": self.worker_startup_cpu_s.map(|v| round(v, 2)),
+            "cpu_s_per_10k": self.cpu_s_per_10k().map(|v| round(v, 3)),
+            "worker_peak_open_fds": self.peak_fds,
+            "postgres_cpu_s": round(self.services.postgres, 2),
+            "rabbitmq_cpu_s": round(self.services.rabbitmq, 2),
+            "bench_cpu_s": round(self.services.bench, 2),
+            "machine_busy_cpu_s": round(self.services.machine, 2),
+            "other_cpu_s": round(self.other_cpu_s(), 2),
+            "http_requests": self.receiver.requests,
+            "http_500s": self.receiver.failed_on_purpose,
+            "held_requests": self.receiver.held,
+            "duplicate_deliveries": self.receiver.duplicates,
+            "malformed_requests": self.receiver.malformed,
+            "mean_body_bytes": round(self.receiver.mean_body_bytes, 1),
+            "attempts_succeeded": self.attempts("succeeded"),
+            "attempts_failed": self.attempts("failed"),
+            "attempts_dead": self.attempts("dead"),
+            "wall_s": round(self.wall_s, 3),
+        })
+    }
+}
+
+/// Runs `spec` against the worker binary `worker_bin`, cleaning up afterwards whatever happened.
+pub async fn run(spec: &RunSpec, worker_bin: &Path) -> Result<RunResult, BoxError> {
+    let name = format!(
+        "webhookd_bench_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let schedule = spec
+        .retry_schedule
+        .clone()
+        .unwrap_or_else(|| DEFAULT_SCHEDULE.to_owned());
+    let parsed = RetryPolicy::parse_schedule(&schedule)
+        .map_err(|e| format!("retry schedule {schedule:?}: {e:?}"))?;
+    let longest_wait = RetryPolicy::new(parsed, true).longest_wait();
+    let mut world = World {
+        database_url: format!("{PG_BASE}/{name}"),
+        topology: Topology::new(format!("{name}.events"), name.clone(), longest_wait),
+        schedule,
+        tag: name,
+        database_touched: false,
+        topology_declared: false,
+        connection: None,
+        receiver: None,
+        worker: None,
+    };
+    let result = tokio::select! {
+        r = world.drive(spec, worker_bin) => r,
+        _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+    };
+    // A failed run says what the worker logged before its database goes.
+    let result = match result {
+        Err(e) if world.database_touched => match world.log_summary().await {
+            Some(summary) => Err(format!("{e}; the worker's delivery log: {summary}").into()),
+            None => Err(e),
+        },
+        other => other,
+    };
+    let cleaned = world.teardown().await;
+    match (result, cleaned) {
+        (Ok(r), Ok(())) => Ok(r),
+        (Ok(_), Err(e)) => Err(format!("clean-up failed: {e}").into()),
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(c)) => Err(format!("{e} (and clean-up failed: {c})").into()),
+    }
+}
+
+struct World {
+    database_url: String,
+    topology: Topology,
+    schedule: String,
+    tag: String,
+    database_touched: bool,
+    topology_declared: bool,
+    connection: Option<Connection>,
+    receiver: Option<Receiver>,
+    worker: Option<Child>,
+}
+
+impl World {
+    async fn drive(&mut self, spec: &RunSpec, worker_bin: &Path) -> Result<RunResult, BoxError> {
+        // The worker binary creates the database, applies its own migrations and declares the topology,
+        // so that the schema is the one of the binary under test, whatever this one was built from.
+        self.database_touched = true;
+        self.topology_declared = true;
+        let migrated = tokio::time::timeout(
+            Duration::from_secs(120),
+            self.worker_command(spec, worker_bin)
+                .arg("migrate")
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .output(),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "`{} migrate` did not finish within 120 s",
+                worker_bin.display()
+            )
+        })?
+        .map_err(|e| format!("starting {}: {e}", worker_bin.display()))?;
+        let mut worker_command = self.worker_command(spec, worker_bin);
+        worker_command
+            .arg("worker")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if !migrated.status.success() {
+            return Err(format!(
+                "`{} migrate` failed ({}): {}",
+                worker_bin.display(),
+                migrated.status,
+                String::from_utf8_lossy(&migrated.stderr).trim()
+            )
+            .into());
+        }
+        let receiver = self
+            .receiver
+            .insert(Receiver::start(spec.hooks.clone()).await?);
+
+        let pool = database::pool(&self.database_url, 2)?;
+        let mut client = pool.get().await?;
+        let mut webhook_ids = Vec::with_capacity(spec.hooks.len());
+        for index in 0..spec.hooks.len() {
+            let new = NewWebhook::new(1, None, receiver.url(index));
+            let (id, _secret) = webhooks::create_webhook(&mut client, &new).await?;
+            webhook_ids.push(id);
+        }
+        let measured_ids: Vec<i64> = spec
+            .measured
+            .iter()
+            .filter_map(|&i| webhook_ids.get(i).copied())
+            .collect();
+
+        let connection = self.connection.insert(
+            webhookd_broker::connect(AMQP_URL, "webhookd-bench")
+                .await
+                .map_err(|e| format!("connecting to RabbitMQ: {e}"))?,
+        );
+        let channel = connection.create_channel().await?;
+        // Declared by `webhookd migrate` already; again here so that a topology mismatch shows now.
+        self.topology.declare(&channel).await?;
+
+        let worker = self.worker.insert(
+            worker_command
+                .spawn()
+                .map_err(|e| format!("starting {}: {e}", worker_bin.display()))?,
+        );
+        let pid = worker
+            .id()
+            .ok_or("the worker exited as soon as it started")?;
+
+        // Wait until the worker consumes the work queue, so that latency counts no start-up.
+        let started = Instant::now();
+        loop {
+            if let Some(status) = worker.try_wait()? {
+                return Err(format!("the worker exited during start-up: {status}").into());
+            }
+            let queue = channel
+                .queue_declare(
+                    self.topology.work_queue().as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            if queue.consumer_count() > 0 {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                return Err("the worker did not start consuming within 60 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        let expected = spec.expected();
+        let plan = Plan {
+            exchange: self.topology.exchange.clone(),
+            tag: self.tag.clone(),
+            events: spec.events,
+            rate: spec.rate,
+            publishers: spec.publishers,
+            window: spec.window,
+        };
+        let publish_time = spec.rate.map(|r| spec.events as f64 / r).unwrap_or(0.0);
+        let deadline = Duration::from_secs_f64(120.0 + publish_time + expected as f64 * 0.01);
+        let before = Services::sample();
+        let worker_startup_cpu_s = procstat::cpu_seconds(pid);
+        let t0 = Instant::now();
+        let publishing = publish::publish(connection, &plan);
+        tokio::pin!(publishing);
+        let mut published = None;
+        let (mut seen, mut seen_at) = (0u64, Instant::now());
+        let mut peak_fds = 0usize;
+        let mut ticks = 0u64;
+        let progress = loop {
+            ticks += 1;
+            if ticks % 10 == 1 {
+                peak_fds = peak_fds.max(procstat::open_fds(pid).unwrap_or(0));
+            }
+            tokio::select! {
+                r = &mut publishing, if published.is_none() => { published = Some(r?); }
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+            let p = receiver.progress(&spec.measured);
+            if p.distinct >= expected && published.is_some() {
+                break p;
+            }
+            if let Some(status) = worker.try_wait()? {
+                return Err(format!(
+                    "the worker exited ({status}) after {} of {expected} deliveries",
+                    p.distinct
+                )
+                .into());
+            }
+            if p.distinct != seen {
+                (seen, seen_at) = (p.distinct, Instant::now());
+            } else if seen_at.elapsed() > STALL {
+                return Err(format!(
+                    "stalled: no new delivery for {} s; {} of {expected} received",
+                    STALL.as_secs(),
+                    p.distinct
+                )
+                .into());
+            }
+            if t0.elapsed() > deadline {
+                return Err(format!(
+                    "deadline of {} s passed; {} of {expected} deliveries received",
+                    deadline.as_secs(),
+                    p.distinct
+                )
+                .into());
+            }
+        };
+        let published = published.ok_or("publishing did not finish")?;
+
+        // Every received delivery must also be in the log as succeeded.
+        let logged_since = Instant::now();
+        let logged = loop {
+            let row = client
+                .query_one(
+                    "SELECT count(DISTINCT delivery_id) FROM delivery_attempts
+                      WHERE outcome = 'succeeded' AND webhook_id = ANY($1)",
+                    &[&measured_ids],
+                )
+                .await?;
+            let n: i64 = row.try_get(0)?;
+            if n as u64 >= expected {
+                break n as u64;
+            }
+            if logged_since.elapsed() > Duration::from_secs(60) {
+                return Err(format!(
+                    "all {expected} deliveries were received but only {n} are logged as succeeded after 60 s"
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let wall_s = t0.elapsed().as_secs_f64();
+        // Costs, just before the worker is killed.
+        let peak_rss_mib = procstat::peak_rss_mib(pid);
+        let worker_cpu_s = procstat::cpu_seconds(pid)
+            .map(|end| (end - worker_startup_cpu_s.unwrap_or(0.0)).max(0.0));
+        let services = Services::sample().since(&before);
+
+        let attempts_by_outcome = client
+            .query(
+                "SELECT outcome, count(*) FROM delivery_attempts GROUP BY outcome ORDER BY outcome",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get::<_, String>(0)?, r.try_get::<_, i64>(1)?)))
+            .collect::<Result<Vec<_>, BoxError>>()?;
+        drop(client);
+        pool.close();
+
+        let snapshot = receiver.snapshot();
+        let seconds = match (progress.first, progress.last) {
+            (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
+            _ => 0.0,
+        };
+        Ok(RunResult {
+            label: spec.label.clone(),
+            events: spec.events,
+            expected,
+            deliveries: progress.distinct,
+            logged,
+            seconds,
+            per_s: if seconds > 0.0 {
+                progress.distinct as f64 / seconds
+            } else {
+                0.0
+            },
+            published,
+            latency: Percentiles::of_micros(snapshot.latencies_us.clone()),
+            receiver: snapshot,
+            attempts_by_outcome,
+            peak_rss_mib,
+            worker_cpu_s,
+            worker_startup_cpu_s,
+            peak_fds,
+            services,
+            wall_s,
+        })
+    }
+
+    /// `webhookd` with the run's environment: its database, names and settings.
+    fn worker_command(&self, spec: &RunSpec, worker_bin: &Path) -> Command {
+        let mut command = Command::new(worker_bin);
+        command
+            .env("DATABASE_URL", &self.database_url)
+            .env("AMQP_URL", AMQP_URL)
+            .env("WEBHOOKD_EXCHANGE", &self.topology.exchange)
+            .env("WEBHOOKD_QUEUE_PREFIX", &self.topology.prefix)
+            .env("WEBHOOK_RETRY_SCHEDULE", &self.schedule)
+            .env("WEBHOOKD_ALLOWED_NETWORKS", "127.0.0.0/8")
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn")
+            .envs(spec.worker_env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Log rows by outcome and error, most frequent first (to explain a failed run).
+    async fn log_summary(&self) -> Option<String> {
+        let config = database::parse_url(&self.database_url).ok()?;
+        let client = database::connect_one(&config).await.ok()?;
+        let rows = client
+            .query(
+                "SELECT outcome, coalesce(error, ''), count(*) FROM delivery_attempts
+                  GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 6",
+                &[],
+            )
+            .await
+            .ok()?;
+        let parts: Vec<String> = rows
+            .iter()
+            .filter_map(|r| {
+                let outcome: String = r.try_get(0).ok()?;
+                let error: String = r.try_get(1).ok()?;
+                let n: i64 = r.try_get(2).ok()?;
+                Some(if error.is_empty() {
+                    format!("{n} {outcome}")
+                } else {
+                    format!("{n} {outcome} ({error})")
+                })
+            })
+            .collect();
+        Some(if parts.is_empty() {
+            "empty".to_owned()
+        } else {
+            parts.join(", ")
+        })
+    }
+
+    /// Kills the worker, stops the receiver, deletes the topology and drops the database.
+    async fn teardown(&mut self) -> Result<(), BoxError> {
+        let mut problems = Vec::new();
+        if let Some(mut worker) = self.worker.take() {
+            let _ = worker.start_kill();
+            if tokio::time::timeout(Duration::from_secs(10), worker.wait())
+                .await
+                .is_err()
+            {
+                problems.push("the worker did not die within 10 s of SIGKILL".to_owned());
+            }
+        }
+        if let Some(receiver) = self.receiver.take() {
+            receiver.stop().await;
+        }
+        if self.topology_declared {
+            if let Err(e) = self.delete_topology().await {
+                problems.push(format!("deleting the RabbitMQ topology: {e}"));
+            }
+        }
+        if let Some(connection) = self.connection.take() {
+            let _ = connection.close(200, "bench done".into()).await;
+        }
+        if self.database_touched {
+            if let Err(e) = database::drop_database(&self.database_url).await {
+                problems.push(format!("dropping the bench database: {e}"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; ").into())
+        }
+    }
+
+    async fn delete_topology(&mut self) -> Result<(), BoxError> {
+        // The run's connection may be the thing that failed: fall back to a fresh one.
+        let existing = match &self.connection {
+            Some(c) => c.create_channel().await.ok(),
+            None => None,
+        };
+        let channel = match existing {
+            Some(channel) => channel,
+            None => {
+                let fresh = webhookd_broker::connect(AMQP_URL, "webhookd-bench-cleanup").await?;
+                let channel = fresh.create_channel().await?;
+                if let Some(old) = self.connection.replace(fresh) {
+                    let _ = old.close(200, "replaced".into()).await;
+                }
+                channel
+            }
+        };
+        self.topology.delete(&channel).await?;
+        Ok(())
+    }
+}

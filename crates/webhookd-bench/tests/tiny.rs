@@ -1,0 +1,103 @@
+//! Every scenario of the benchmark runs at `--scale tiny` against the workspace's `webhookd` binary,
+//! exits 0, and reports every expected delivery.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+/// The `webhookd` binary cargo built beside this test: this executable is `target/<profile>/deps/…`.
+fn worker_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test executable lives in target/<profile>/deps");
+    let worker = profile_dir.join("webhookd");
+    assert!(
+        worker.is_file(),
+        "the webhookd binary is missing at {}: it is built when the whole workspace is tested; \
+         run `cargo test --workspace` (not `cargo test -p webhookd-bench` alone)",
+        worker.display()
+    );
+    worker
+}
+
+#[test]
+fn every_scenario_runs_at_tiny_scale_and_reports_every_delivery() {
+    let worker = worker_binary();
+    let output = Command::new(env!("CARGO_BIN_EXE_webhookd-bench"))
+        .args(["all", "--scale", "tiny", "--worker-bin"])
+        .arg(&worker)
+        .output()
+        .expect("run webhookd-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "webhookd-bench exited with {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect();
+    let line = |scenario: &str| -> &Value {
+        let found: Vec<&Value> = lines.iter().filter(|l| l["scenario"] == scenario).collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "one JSON line for {scenario}\n--- stdout\n{stdout}"
+        );
+        found[0]
+    };
+
+    // Tiny scale: 500 events → 1 webhook; 2 s at 100 and at 200 ev/s; 20 events × 10 webhooks;
+    // 50 events × the 9 healthy webhooks; 200 events to the failing webhook.
+    for (scenario, deliveries) in [
+        ("throughput", 500),
+        ("latency", 600),
+        ("fanout", 200),
+        ("slow-endpoint", 450),
+        ("failing-endpoint", 200),
+    ] {
+        let l = line(scenario);
+        assert_eq!(l["scale"], "tiny");
+        assert_eq!(l["deliveries"], deliveries, "{scenario}: {l}");
+        assert_eq!(l["expected_deliveries"], deliveries, "{scenario}: {l}");
+        assert!(
+            l["peak_rss_mib"].as_f64().unwrap_or(0.0) > 0.0,
+            "{scenario}: {l}"
+        );
+        assert!(l["cpu_s_per_10k"].is_number(), "{scenario}: {l}");
+    }
+    for run in line("latency")["runs"].as_array().expect("latency runs") {
+        assert_eq!(run["deliveries"], run["expected_deliveries"], "{run}");
+        assert_eq!(run["logged"], run["expected_deliveries"], "{run}");
+        assert!(run["latency_ms"]["p99"].is_number(), "{run}");
+    }
+    let slow = line("slow-endpoint");
+    let runs = slow["runs"].as_array().expect("slow-endpoint runs");
+    assert_eq!(runs.len(), 2);
+    assert!(runs.iter().all(|r| r["deliveries"] == 450), "{slow}");
+    assert!(runs[0]["held_requests"].as_u64().unwrap_or(0) > 0, "{slow}");
+    assert!(slow["nine_per_s_with_slow"].as_f64().unwrap_or(0.0) > 0.0);
+    assert!(slow["nine_per_s_all_healthy"].as_f64().unwrap_or(0.0) > 0.0);
+    let failing = line("failing-endpoint");
+    assert_eq!(failing["all_delivered"], true, "{failing}");
+    assert_eq!(failing["logged"], 200, "{failing}");
+    assert!(failing["http_500s"].as_u64().unwrap_or(0) > 0, "{failing}");
+
+    let limits = line("limits");
+    for figure in [
+        "http_requests_per_s",
+        "amqp_quorum_publish_per_s",
+        "amqp_quorum_consume_per_s",
+    ] {
+        assert!(
+            limits[figure].as_f64().unwrap_or(0.0) > 0.0,
+            "limits: {figure} in {limits}"
+        );
+    }
+}
