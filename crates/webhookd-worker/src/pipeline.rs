@@ -281,17 +281,25 @@ async fn attempt(
     // The semaphore is never closed, so acquiring fails only if it were; then send without a slot.
     let _slot = shared.delivery_slots.acquire().await.ok();
     webhookd_metrics::IN_FLIGHT.inc();
-    let report = shared
-        .dispatcher
-        .send(Attempt {
-            webhook,
-            delivery_id,
-            event_id,
-            action: &event.action,
-            attempt: number,
-            body,
-        })
-        .await;
+    // Boxed: a waiting attempt (a large fan-out queues thousands) then holds a pointer, not the whole
+    // HTTP request state, until it gets its slot.
+    let mut sending = Box::pin(shared.dispatcher.send(Attempt {
+        webhook,
+        delivery_id,
+        event_id,
+        action: &event.action,
+        attempt: number,
+        body,
+    }));
+    // An attempt still waiting at half the timeout puts its webhook in the slow lane right away, so that
+    // events arriving meanwhile do not wait on it too.
+    let report = match tokio::time::timeout(shared.slow_lane.threshold(), &mut sending).await {
+        Ok(report) => report,
+        Err(_) => {
+            shared.slow_lane.mark(webhook.id);
+            sending.await
+        }
+    };
     webhookd_metrics::IN_FLIGHT.dec();
     shared
         .slow_lane

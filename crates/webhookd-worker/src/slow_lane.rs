@@ -40,10 +40,21 @@ impl SlowLane {
         }
     }
 
+    /// How long an attempt may take before its webhook counts as slow: half the timeout.
+    pub fn threshold(&self) -> Duration {
+        self.timeout / 2
+    }
+
+    /// Puts `webhook` in the slow lane now.
+    pub fn mark(&self, webhook: i64) {
+        let mut until = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        until.insert(webhook, Instant::now() + SLOW_FOR);
+    }
+
     /// Records how an attempt to `webhook` went: slow (at least half the timeout) marks it, a quick
     /// answer clears it.
     pub fn observe(&self, webhook: i64, result: AttemptResult, took: Duration) {
-        let slow = took >= self.timeout / 2;
+        let slow = took >= self.threshold();
         let answered = matches!(result, AttemptResult::Status { .. });
         let mut until = self.until.lock().unwrap_or_else(|p| p.into_inner());
         if slow {

@@ -228,7 +228,7 @@ impl Config {
             )?,
             max_concurrent_deliveries: env.parse(
                 "WEBHOOKD_MAX_CONCURRENT_DELIVERIES",
-                512usize,
+                256usize,
                 "an integer from 1 to 100000",
                 |n| (1..=100_000).contains(n),
             )?,
