@@ -223,3 +223,65 @@ async fn custom_actions_from_the_catalog_are_delivered_like_built_in_ones() {
     );
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_create_prints_a_key_the_api_accepts_and_revoke_ends_it() {
+    let env = TestEnv::new(|_| {}).await;
+    let api = env.start_api(|_| {}).await;
+    let out = webhookd(&env)
+        .args(["token", "create", "--organization", "5", "--name", "ci"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap();
+    let key = key.trim();
+    assert!(
+        key.len() == 40 && key.chars().all(|c| c.is_ascii_hexdigit()),
+        "stdout is the key alone: {key:?}"
+    );
+    let (status, body) = api.call("GET", "/api/webhooks/", Some(key), None).await;
+    assert_eq!((status, body), (200, serde_json::json!([])));
+    let out = webhookd(&env)
+        .args(["token", "revoke", key])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let (status, _) = api.call("GET", "/api/webhooks/", Some(key), None).await;
+    assert_eq!(status, 401);
+    let again = webhookd(&env)
+        .args(["token", "revoke", key])
+        .output()
+        .await
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no active token has this key"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_the_pipeline_and_prints_the_delivery_log() {
+    let out = Command::new(env!("CARGO_BIN_EXE_webhookd"))
+        .arg("demo")
+        .env("RUST_LOG", "error")
+        .env("DATABASE_URL", format!("{}/webhookd", support::PG_BASE))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("delivery log (8 attempts)"), "{stdout}");
+    assert!(
+        stdout.contains("/flaky") && stdout.contains("503"),
+        "the failed first attempt is shown: {stdout}"
+    );
+    assert_eq!(stdout.matches(" succeeded ").count(), 7, "{stdout}");
+}
