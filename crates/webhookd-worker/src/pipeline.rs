@@ -368,27 +368,14 @@ fn abandon(
     task: &RetryTask,
     reason: &str,
 ) -> (AttemptRow, Option<RetryTask>) {
-    let delivery_id = DeliveryId::derive(event_id, task.webhook_id, task.chunk);
-    tracing::info!(event_id = %event_id, delivery_id = %delivery_id, webhook_id = task.webhook_id,
-        organization = event.organization, project = event.project_id, action = %event.action,
-        attempt = task.attempt, outcome = "dead", error = reason, "delivery attempt");
-    let row = AttemptRow {
-        delivery_id: delivery_id.0,
-        event_id: event_id.0,
-        webhook_id: task.webhook_id,
-        organization: event.organization,
-        action: event.action.clone(),
-        chunk: task.chunk as i32,
-        attempt: task.attempt as i32,
-        outcome: Outcome::Dead,
-        http_status: None,
-        duration_ms: 0,
-        error: Some(reason.to_owned()),
-        response_excerpt: None,
-        next_attempt_at: None,
-        health: None,
-    };
-    (row, None)
+    dead_row(
+        event_id,
+        event.organization,
+        event.project_id,
+        &event.action,
+        task,
+        reason,
+    )
 }
 
 /// A pending retry whose event has been pruned: logged as dead on the webhook's organization.
@@ -397,17 +384,34 @@ fn abandon_unknown_event(
     task: &RetryTask,
     reason: &str,
 ) -> (AttemptRow, Option<RetryTask>) {
-    let event_id = EventId(task.event_id);
+    dead_row(
+        EventId(task.event_id),
+        webhook.organization,
+        None,
+        "",
+        task,
+        reason,
+    )
+}
+
+fn dead_row(
+    event_id: EventId,
+    organization: i64,
+    project: Option<i64>,
+    action: &str,
+    task: &RetryTask,
+    reason: &str,
+) -> (AttemptRow, Option<RetryTask>) {
     let delivery_id = DeliveryId::derive(event_id, task.webhook_id, task.chunk);
     tracing::info!(event_id = %event_id, delivery_id = %delivery_id, webhook_id = task.webhook_id,
-        organization = webhook.organization, attempt = task.attempt, outcome = "dead", error = reason,
+        organization, project, action, attempt = task.attempt, outcome = "dead", error = reason,
         "delivery attempt");
     let row = AttemptRow {
         delivery_id: delivery_id.0,
         event_id: event_id.0,
         webhook_id: task.webhook_id,
-        organization: webhook.organization,
-        action: String::new(),
+        organization,
+        action: action.to_owned(),
         chunk: task.chunk as i32,
         attempt: task.attempt as i32,
         outcome: Outcome::Dead,
