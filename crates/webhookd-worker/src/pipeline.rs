@@ -148,9 +148,14 @@ async fn process_event(
                     due_at_ms: now_ms(),
                 });
             } else {
-                attempts.push(attempt(
-                    shared, webhook, &event, event_id, chunk, 1, &bodies,
-                ));
+                let (event, bodies) = (&event, &bodies);
+                attempts.push(async move {
+                    // Inline attempts share the worker's delivery slots; attempts made from the retry
+                    // queue (the slow lane among them) are bounded by that queue's prefetch instead, so
+                    // hanging receivers cannot take the slots healthy webhooks need.
+                    let _slot = shared.delivery_slots.acquire().await.ok();
+                    attempt(shared, webhook, event, event_id, chunk, 1, bodies).await
+                });
             }
         }
     }
@@ -278,8 +283,6 @@ async fn attempt(
     } else {
         action_only.clone()
     };
-    // The semaphore is never closed, so acquiring fails only if it were; then send without a slot.
-    let _slot = shared.delivery_slots.acquire().await.ok();
     webhookd_metrics::IN_FLIGHT.inc();
     // Boxed: a waiting attempt (a large fan-out queues thousands) then holds a pointer, not the whole
     // HTTP request state, until it gets its slot.
