@@ -13,20 +13,6 @@ use webhookd_client::{EmitError, Emitter};
 use webhookd_core::{ActionSpec, Catalog};
 use webhookd_store::webhooks::NewWebhook;
 
-fn webhookd(env: &TestEnv) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_webhookd"));
-    cmd.env("DATABASE_URL", &env.database_url)
-        .env("AMQP_URL", support::AMQP_URL)
-        .env("WEBHOOKD_EXCHANGE", &env.topology.exchange)
-        .env("WEBHOOKD_QUEUE_PREFIX", &env.topology.prefix)
-        .env("WEBHOOK_RETRY_SCHEDULE", "0.2,0.4")
-        .env("WEBHOOKD_ALLOWED_NETWORKS", "127.0.0.0/8")
-        .env("LOG_FORMAT", "text")
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true);
-    cmd
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_setting_stops_start_up_naming_the_variable() {
     let out = Command::new(env!("CARGO_BIN_EXE_webhookd"))
@@ -48,7 +34,7 @@ async fn a_bad_setting_stops_start_up_naming_the_variable() {
 async fn migrate_is_idempotent_and_publish_delivers_through_a_worker() {
     let env = TestEnv::new(|_| {}).await;
     for _ in 0..2 {
-        let out = webhookd(&env).arg("migrate").output().await.unwrap();
+        let out = env.webhookd().arg("migrate").output().await.unwrap();
         assert!(
             out.status.success(),
             "{}",
@@ -60,7 +46,8 @@ async fn migrate_is_idempotent_and_publish_delivers_through_a_worker() {
     env.webhook(NewWebhook::new(1, Some(7), rx.url("/cli")))
         .await;
     let worker = env.start_worker().await;
-    let out = webhookd(&env)
+    let out = env
+        .webhookd()
         .args([
             "publish",
             "--organization",
@@ -88,7 +75,8 @@ async fn migrate_is_idempotent_and_publish_delivers_through_a_worker() {
     let got = rx.wait_for("/cli", 1, Duration::from_secs(15)).await;
     assert_eq!(got[0].json()["annotation"]["id"], 17);
 
-    let bad = webhookd(&env)
+    let bad = env
+        .webhookd()
         .args(["publish", "--organization", "1", "--action", "NOPE"])
         .output()
         .await
@@ -228,7 +216,8 @@ async fn custom_actions_from_the_catalog_are_delivered_like_built_in_ones() {
 async fn token_create_prints_a_key_the_api_accepts_and_revoke_ends_it() {
     let env = TestEnv::new(|_| {}).await;
     let api = env.start_api(|_| {}).await;
-    let out = webhookd(&env)
+    let out = env
+        .webhookd()
         .args(["token", "create", "--organization", "5", "--name", "ci"])
         .output()
         .await
@@ -246,7 +235,8 @@ async fn token_create_prints_a_key_the_api_accepts_and_revoke_ends_it() {
     );
     let (status, body) = api.call("GET", "/api/webhooks/", Some(key), None).await;
     assert_eq!((status, body), (200, serde_json::json!([])));
-    let out = webhookd(&env)
+    let out = env
+        .webhookd()
         .args(["token", "revoke", key])
         .output()
         .await
@@ -254,7 +244,8 @@ async fn token_create_prints_a_key_the_api_accepts_and_revoke_ends_it() {
     assert!(out.status.success());
     let (status, _) = api.call("GET", "/api/webhooks/", Some(key), None).await;
     assert_eq!(status, 401);
-    let again = webhookd(&env)
+    let again = env
+        .webhookd()
         .args(["token", "revoke", key])
         .output()
         .await

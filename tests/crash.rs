@@ -10,24 +10,15 @@ use std::time::Duration;
 use serde_json::json;
 use support::receiver::Receiver;
 use support::{envelope, wait_for, TestEnv};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use webhookd_store::webhooks::NewWebhook;
 
 const EVENTS: i64 = 2000;
 
 fn spawn_worker(env: &TestEnv) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_webhookd"))
+    env.webhookd()
         .arg("worker")
-        .env("DATABASE_URL", &env.database_url)
-        .env("AMQP_URL", support::AMQP_URL)
-        .env("WEBHOOKD_EXCHANGE", &env.topology.exchange)
-        .env("WEBHOOKD_QUEUE_PREFIX", &env.topology.prefix)
-        .env("WEBHOOK_RETRY_SCHEDULE", "0.2,0.4")
-        .env("WEBHOOKD_ALLOWED_NETWORKS", "127.0.0.0/8")
-        .env("RUST_LOG", "warn")
-        .env("LOG_FORMAT", "json")
         .stdout(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("start the webhookd binary")
 }

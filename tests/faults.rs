@@ -6,7 +6,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use support::faults::{
@@ -323,14 +323,12 @@ async fn sigterm_mid_stream_exits_zero_within_the_grace_period() {
     let mut worker = s.worker(postgres(), rabbit());
     let fault = async {
         s.reached(0.3).await;
-        let started = Instant::now();
         let (code, took) = worker.terminate(Duration::from_secs(15)).await;
         assert_eq!(code, Some(0), "SIGTERM ends the worker cleanly");
         assert!(
             took < Duration::from_secs(11),
             "stopped in {took:?}, beyond the 10 s grace period"
         );
-        let _ = started;
         s.worker(postgres(), rabbit())
     };
     let (_, mut next) = tokio::join!(s.publish_all(), fault);

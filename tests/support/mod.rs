@@ -112,6 +112,22 @@ impl TestEnv {
         }
     }
 
+    /// The `webhookd` binary, configured for this environment: its database and names, the short retry
+    /// schedule, 127.0.0.0/8 allowed, warnings only.
+    pub fn webhookd(&self) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_webhookd"));
+        cmd.env("DATABASE_URL", &self.database_url)
+            .env("AMQP_URL", AMQP_URL)
+            .env("WEBHOOKD_EXCHANGE", &self.topology.exchange)
+            .env("WEBHOOKD_QUEUE_PREFIX", &self.topology.prefix)
+            .env("WEBHOOK_RETRY_SCHEDULE", "0.2,0.4")
+            .env("WEBHOOKD_ALLOWED_NETWORKS", "127.0.0.0/8")
+            .env("RUST_LOG", "warn")
+            .env("LOG_FORMAT", "json")
+            .kill_on_drop(true);
+        cmd
+    }
+
     /// Starts a worker in this process.
     pub async fn start_worker(&self) -> RunningWorker {
         let worker = Arc::new(

@@ -45,6 +45,12 @@ impl ApiError {
     }
 }
 
+impl From<webhookd_store::PoolError> for ApiError {
+    fn from(e: webhookd_store::PoolError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
 impl From<webhookd_store::StoreError> for ApiError {
     fn from(e: webhookd_store::StoreError) -> Self {
         ApiError::Internal(e.to_string())

@@ -35,11 +35,7 @@ impl FromRequestParts<AppState> for Principal {
             .ok_or(ApiError::Unauthorized(
                 "Invalid token header. Use \"Authorization: Token <key>\".",
             ))?;
-        let client = state
-            .pool
-            .get()
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let client = state.pool.get().await?;
         match api_tokens::authenticate(&**client, key).await? {
             Some(organization) => Ok(Principal { organization }),
             None => Err(ApiError::Unauthorized("Invalid token.")),

@@ -17,3 +17,11 @@ pub struct RetryTask {
     /// When the attempt is due, in Unix milliseconds.
     pub due_at_ms: i64,
 }
+
+/// The current time in Unix milliseconds, the clock of `due_at_ms`.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

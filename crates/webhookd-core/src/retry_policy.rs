@@ -204,7 +204,11 @@ mod tests {
         let Verdict::Retry(w) = p.decide(1, with(150), &mut rng) else {
             panic!()
         };
-        assert!(w.as_secs_f64() >= 150.0 - 1e-9 || w.as_secs_f64() >= 80.0);
+        assert_eq!(
+            w,
+            Duration::from_secs(150),
+            "honoured: between the jittered wait and twice the base"
+        );
         let Verdict::Retry(w) = p.decide(1, with(10_000), &mut rng) else {
             panic!()
         };

@@ -8,7 +8,7 @@ pub mod listener;
 pub mod migrate;
 pub mod webhooks;
 
-pub use deadpool_postgres::Pool;
+pub use deadpool_postgres::{Pool, PoolError};
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]

@@ -6,8 +6,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backoff_forever::backoff_forever;
 use backoff::backoff::Backoff;
-use backoff::ExponentialBackoffBuilder;
 use tokio::sync::{mpsc, oneshot};
 use webhookd_store::StoreError;
 
@@ -83,11 +83,7 @@ async fn run<F: Flush>(
                 Err(_) => break,
             }
         }
-        let mut backoff = ExponentialBackoffBuilder::new()
-            .with_initial_interval(Duration::from_millis(100))
-            .with_max_interval(Duration::from_secs(5))
-            .with_max_elapsed_time(None)
-            .build();
+        let mut backoff = backoff_forever(Duration::from_millis(100), Duration::from_secs(5));
         let resps = loop {
             match flusher.flush(&reqs).await {
                 Ok(resps) => {

@@ -3,13 +3,14 @@
 //! its retry tasks confirmed by the broker; anything less and it is redelivered.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable};
+use webhookd_broker::retry_task::now_ms;
 use webhookd_broker::{ConfirmedPublisher, PublishError, RetryTask, Topology};
 use webhookd_core::body::{self, EventBodies};
 use webhookd_core::endpoint_health::HealthSignal;
@@ -533,11 +534,4 @@ async fn dead_letter(
         .await?;
     webhookd_metrics::DEAD_LETTERS.inc();
     Ok(())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::backoff_forever::backoff_forever;
 use backoff::backoff::Backoff;
-use backoff::ExponentialBackoffBuilder;
 use tokio_util::sync::CancellationToken;
 use webhookd_core::SubscriptionIndex;
 use webhookd_store::listener::ChangeListener;
@@ -79,11 +79,7 @@ pub async fn keep_current(
     database_url: String,
     stop: CancellationToken,
 ) {
-    let mut backoff = ExponentialBackoffBuilder::new()
-        .with_initial_interval(Duration::from_millis(200))
-        .with_max_interval(Duration::from_secs(10))
-        .with_max_elapsed_time(None)
-        .build();
+    let mut backoff = backoff_forever(Duration::from_millis(200), Duration::from_secs(10));
     while !stop.is_cancelled() {
         let listener = ChangeListener::connect(&database_url).await;
         let result = match listener {

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backoff_forever::backoff_forever;
 use backoff::backoff::Backoff;
-use backoff::ExponentialBackoffBuilder;
 use futures::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -90,11 +90,7 @@ impl Shared {
 }
 
 fn db_backoff() -> backoff::ExponentialBackoff {
-    ExponentialBackoffBuilder::new()
-        .with_initial_interval(Duration::from_millis(100))
-        .with_max_interval(Duration::from_secs(5))
-        .with_max_elapsed_time(None)
-        .build()
+    backoff_forever(Duration::from_millis(100), Duration::from_secs(5))
 }
 
 /// Writes event claims in batches.
@@ -211,11 +207,7 @@ impl Worker {
 
     /// Consumes until `shutdown` is cancelled, reconnecting to the broker with backoff whenever it is lost.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), WorkerError> {
-        let mut backoff = ExponentialBackoffBuilder::new()
-            .with_initial_interval(Duration::from_millis(200))
-            .with_max_interval(Duration::from_secs(10))
-            .with_max_elapsed_time(None)
-            .build();
+        let mut backoff = backoff_forever(Duration::from_millis(200), Duration::from_secs(10));
         let result = loop {
             let started = std::time::Instant::now();
             match self.session(&shutdown).await {

@@ -1,8 +1,6 @@
 //! The delivery log: a webhook's attempts (keyset-paginated), one delivery with all its attempts, and
 //! redelivery of one delivery or of everything that failed since a time.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -12,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
+use webhookd_broker::retry_task::now_ms;
 use webhookd_broker::RetryTask;
 use webhookd_core::{body, DeliveryId, Event};
 use webhookd_store::delivery_log::{self, AttemptQuery, AttemptRecord};
@@ -162,11 +161,7 @@ pub async fn list(
         before: q.cursor.as_deref().map(decode_cursor).transpose()?,
         limit: limit + 1,
     };
-    let client = state
-        .pool
-        .get()
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let client = state.pool.get().await?;
     webhooks::get_webhook(&**client, principal.organization, id)
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -214,11 +209,7 @@ pub async fn detail(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let delivery_id = parse_delivery_id(&id)?;
-    let client = state
-        .pool
-        .get()
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let client = state.pool.get().await?;
     let attempts =
         delivery_log::delivery_attempts(&**client, principal.organization, delivery_id).await?;
     let (Some(first), Some(last)) = (attempts.first(), attempts.last()) else {
@@ -286,13 +277,6 @@ pub async fn detail(
     })))
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
-
 fn task_for(r: &AttemptRecord, attempt: i32) -> RetryTask {
     RetryTask {
         event_id: r.event_id,
@@ -312,11 +296,7 @@ pub async fn redeliver(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let delivery_id = parse_delivery_id(&id)?;
-    let client = state
-        .pool
-        .get()
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let client = state.pool.get().await?;
     let attempts =
         delivery_log::delivery_attempts(&**client, principal.organization, delivery_id).await?;
     let last = attempts
@@ -366,11 +346,7 @@ pub async fn recover(
             ))
         }
     };
-    let client = state
-        .pool
-        .get()
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let client = state.pool.get().await?;
     webhooks::get_webhook(&**client, principal.organization, id)
         .await?
         .ok_or(ApiError::NotFound)?;

@@ -83,11 +83,7 @@ pub async fn ingest(
         .clone()
         .or(derived)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let client = state
-        .pool
-        .get()
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let client = state.pool.get().await?;
     if let Some(key) = &key {
         match events::claim_idempotency_key(&**client, principal.organization, key, &id).await? {
             KeyState::New => {}

@@ -29,11 +29,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Secret>, ApiError> {
     let id = parse_id(&id)?;
-    let client = state
-        .pool
-        .get()
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let client = state.pool.get().await?;
     let key = webhooks::webhook_secret(&**client, principal.organization, id)
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -53,11 +49,7 @@ pub async fn rotate(
 ) -> Result<Json<Secret>, ApiError> {
     let id = parse_id(&id)?;
     let grace = state.settings.secret_grace;
-    let mut client = state
-        .pool
-        .get()
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut client = state.pool.get().await?;
     let key = webhooks::rotate_secret(&mut client, principal.organization, id, grace)
         .await?
         .ok_or(ApiError::NotFound)?;

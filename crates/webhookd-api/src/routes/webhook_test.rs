@@ -48,11 +48,7 @@ pub async fn test(
     Path(id): Path<String>,
 ) -> Result<Json<TestOutcome>, ApiError> {
     let id = parse_id(&id)?;
-    let mut client = state
-        .pool
-        .get()
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut client = state.pool.get().await?;
     let webhook = webhooks::load_subscriptions(&**client, Some(principal.organization))
         .await?
         .into_iter()

@@ -94,11 +94,7 @@ pub async fn list(
             }
         },
     };
-    let client = state
-        .pool
-        .get()
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let client = state.pool.get().await?;
     let records = webhooks::list_webhooks(&**client, principal.organization, filter).await?;
     Ok(Json(records.into_iter().map(Webhook::from).collect()))
 }
@@ -130,11 +126,7 @@ pub async fn create(
         is_active: input.is_active.unwrap_or(true),
         actions,
     };
-    let mut client = state
-        .pool
-        .get()
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut client = state.pool.get().await?;
     let record = webhooks::create_webhook_limited(
         &mut client,
         &new,
@@ -157,11 +149,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Webhook>, ApiError> {
     let id = parse_id(&id)?;
-    let client = state
-        .pool
-        .get()
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let client = state.pool.get().await?;
     let record = webhooks::get_webhook(&**client, principal.organization, id)
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -201,11 +189,7 @@ async fn update(
 ) -> Result<Json<Webhook>, ApiError> {
     let id = parse_id(&id)?;
     let catalog = &state.settings.catalog;
-    let mut client = state
-        .pool
-        .get()
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut client = state.pool.get().await?;
     let existing = webhooks::get_webhook(&**client, principal.organization, id)
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -248,11 +232,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id)?;
-    let client = state
-        .pool
-        .get()
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let client = state.pool.get().await?;
     if webhooks::delete_webhook(&**client, principal.organization, id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
