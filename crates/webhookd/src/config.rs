@@ -157,11 +157,12 @@ impl Config {
             });
         }
         let amqp_url = env.string("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
-        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
+        // This build's AMQP client has no TLS: say so now rather than fail to connect later.
+        if !amqp_url.starts_with("amqp://") {
             return Err(ConfigError::Invalid {
                 var: "AMQP_URL",
                 value: redact_url(&amqp_url),
-                expected: "an amqp:// URL",
+                expected: "an amqp:// URL (amqps:// is not supported by this build)",
             });
         }
         // Set but empty (or "none") means no retries; unset means the default schedule.
@@ -392,13 +393,19 @@ mod tests {
             ("WEBHOOK_BATCH_SIZE", "0", "WEBHOOK_BATCH_SIZE=\"0\" is invalid: expected a positive integer"),
             ("WEBHOOK_RETRY_SCHEDULE", "5,soon", "WEBHOOK_RETRY_SCHEDULE=\"5,soon\" is invalid: expected comma-separated waits in seconds, e.g. 5,300,1800"),
             ("WEBHOOK_RETRY_CLIENT_ERRORS", "maybe", "WEBHOOK_RETRY_CLIENT_ERRORS=\"maybe\" is invalid: expected true or false"),
-            ("AMQP_URL", "http://u:secret@h", "AMQP_URL=\"http://u:***@h\" is invalid: expected an amqp:// URL"),
+            ("AMQP_URL", "http://u:secret@h", "AMQP_URL=\"http://u:***@h\" is invalid: expected an amqp:// URL (amqps:// is not supported by this build)"),
             ("WEBHOOKD_ALLOWED_NETWORKS", "10.0.0.0/99", "WEBHOOKD_ALLOWED_NETWORKS=\"10.0.0.0/99\" is invalid: expected comma-separated CIDR networks, e.g. 127.0.0.0/8,::1/128"),
         ];
         for (var, value, message) in cases {
             let err = config(&[(var, value)]).unwrap_err();
             assert_eq!(err.to_string(), message);
         }
+        let err = config(&[("AMQP_URL", "amqps://h/")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("amqps:// is not supported by this build"),
+            "{err}"
+        );
         let err = config(&[("WEBHOOKD_ACTIONS_FILE", "/nonexistent/actions.json")]).unwrap_err();
         assert!(err
             .to_string()
