@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::faults::{
-    rabbitmqctl, CountingReceiver, Proxy, ResilientPublisher, Vhost, WorkerProcess,
+    log_path, rabbitmqctl, CountingReceiver, Proxy, ResilientPublisher, Vhost, WorkerProcess,
 };
 use support::{wait_for, PG_BASE};
 use webhookd_broker::Topology;
@@ -127,11 +127,13 @@ impl Stream {
     /// Waits for every pair to be received and logged; returns the number of duplicate requests.
     async fn complete(&self, what: &str) -> usize {
         let expected = EVENTS * WEBHOOKS;
-        wait_for(
-            "every (event, webhook) pair received",
-            Duration::from_secs(180),
-            || async { (self.receiver.distinct() == expected).then_some(()) },
-        )
+        let waiting = format!(
+            "every (event, webhook) pair received (worker warnings: {})",
+            log_path(&self.name).display()
+        );
+        wait_for(&waiting, Duration::from_secs(180), || async {
+            (self.receiver.distinct() == expected).then_some(())
+        })
         .await;
         let pool = &self.pool;
         wait_for("every delivery logged as succeeded", Duration::from_secs(60), || async move {
@@ -156,6 +158,10 @@ impl Drop for Stream {
     fn drop(&mut self) {
         // Workers are gone by now; give a killed one a moment to vanish before its vhost does.
         std::thread::sleep(Duration::from_millis(300));
+        if !std::thread::panicking() {
+            // The warnings are kept only to explain a failure.
+            let _ = std::fs::remove_file(log_path(&self.name));
+        }
         let url = format!("{PG_BASE}/{}", self.name);
         let _ = std::thread::spawn(move || {
             if let Ok(rt) = tokio::runtime::Builder::new_current_thread()

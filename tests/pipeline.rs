@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use support::receiver::Receiver;
 use support::{envelope, wait_for, TestEnv};
+use uuid::Uuid;
+use webhookd_store::events::{self, NewEvent};
 use webhookd_store::webhooks::NewWebhook;
 
 const DEADLINE: Duration = Duration::from_secs(15);
@@ -419,6 +421,40 @@ async fn an_event_published_twice_with_the_same_id_is_delivered_once() {
         .await;
     assert_eq!(events[0].get::<_, i64>(0), 2);
     worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_written_again_after_a_lost_reply_is_still_its_own() {
+    // The database can commit a claim and lose the connection before the reply: the worker writes the
+    // same claim again, and must then deliver the event, not take it for a re-publish.
+    let env = TestEnv::new(|_| {}).await;
+    let claim = |token: Uuid| NewEvent {
+        id: Uuid::new_v4(),
+        organization: 1,
+        project: None,
+        action: "PROJECT_DELETED".to_owned(),
+        producer_id: Some("evt-in-doubt".to_owned()),
+        body: envelope(1, "PROJECT_DELETED", None, json!({"project": {"id": 1}})).to_string(),
+        claim_token: token,
+    };
+    let client = env.pool.get().await.unwrap();
+    let first = claim(Uuid::new_v4());
+    let stored = events::claim_events(&**client, std::slice::from_ref(&first))
+        .await
+        .unwrap();
+    assert!(stored[0].fresh);
+    let again = events::claim_events(&**client, std::slice::from_ref(&first))
+        .await
+        .unwrap();
+    assert_eq!(again, stored, "the same write, tried again, is still fresh");
+    let republished = events::claim_events(&**client, &[claim(Uuid::new_v4())])
+        .await
+        .unwrap();
+    assert_eq!(republished[0].event_id, stored[0].event_id);
+    assert!(
+        !republished[0].fresh,
+        "another message with the same id is a duplicate"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -206,6 +206,22 @@ impl CountingReceiver {
     }
 }
 
+/// Where the workers of stream `prefix` write their warnings, to read when a fault test fails.
+pub fn log_path(prefix: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{prefix}.log"))
+}
+
+fn log_file(prefix: &str) -> Stdio {
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path(prefix))
+    {
+        Ok(file) => file.into(),
+        Err(_) => Stdio::null(),
+    }
+}
+
 /// A `webhookd worker` child process.
 pub struct WorkerProcess {
     pub child: Child,
@@ -226,10 +242,10 @@ impl WorkerProcess {
             .env("WEBHOOKD_DB_POOL_SIZE", "4")
             // A receiver outage fails thousands of attempts in a row; turning the webhook off is not the point here.
             .env("WEBHOOK_MAX_CONSECUTIVE_FAILURES", "0")
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", "warn")
             .env("LOG_FORMAT", "json")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log_file(prefix))
+            .stderr(log_file(prefix))
             .kill_on_drop(true)
             .spawn()
             .expect("start the webhookd binary");

@@ -21,6 +21,8 @@ pub struct NewEvent {
     pub producer_id: Option<String>,
     /// The envelope, as JSON text.
     pub body: String,
+    /// Unique to one handling of one message: a retried write that finds it knows the row is its own.
+    pub claim_token: Uuid,
 }
 
 /// The outcome of claiming one event.
@@ -28,7 +30,8 @@ pub struct NewEvent {
 pub struct Claim {
     /// The event's id: the new one, or the one stored when the producer id was first seen.
     pub event_id: Uuid,
-    /// Whether this claim stored it (false: the producer id was already known).
+    /// Whether this claim stored it, now or in an earlier try of the same write whose reply was lost
+    /// (false: the producer id was already known).
     pub fresh: bool,
 }
 
@@ -43,15 +46,16 @@ pub async fn claim_events(
     let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
     let producer_ids: Vec<Option<&str>> = events.iter().map(|e| e.producer_id.as_deref()).collect();
     let bodies: Vec<&str> = events.iter().map(|e| e.body.as_str()).collect();
+    let tokens: Vec<Uuid> = events.iter().map(|e| e.claim_token).collect();
     let inserted = client
         .query(
-            "INSERT INTO events (id, organization, project, action, producer_id, body)
-             SELECT u.id, u.organization, u.project, u.action, u.producer_id, u.body::json
-               FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::text[])
-                    AS u(id, organization, project, action, producer_id, body)
+            "INSERT INTO events (id, organization, project, action, producer_id, body, claim_token)
+             SELECT u.id, u.organization, u.project, u.action, u.producer_id, u.body::json, u.claim_token
+               FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::uuid[])
+                    AS u(id, organization, project, action, producer_id, body, claim_token)
              ON CONFLICT (organization, producer_id) WHERE producer_id IS NOT NULL DO NOTHING
              RETURNING id",
-            &[&ids, &orgs, &projects, &actions, &producer_ids, &bodies],
+            &[&ids, &orgs, &projects, &actions, &producer_ids, &bodies, &tokens],
         )
         .await?;
     let fresh: std::collections::HashSet<Uuid> =
@@ -72,7 +76,7 @@ pub async fn claim_events(
             .collect();
         let rows = client
             .query(
-                "SELECT e.id, e.organization, e.producer_id
+                "SELECT e.id, e.organization, e.producer_id, e.claim_token
                    FROM events e
                    JOIN unnest($1::int8[], $2::text[]) AS u(organization, producer_id)
                      ON e.organization = u.organization AND e.producer_id = u.producer_id",
@@ -80,12 +84,14 @@ pub async fn claim_events(
             )
             .await?;
         for row in rows {
-            let (id, org, pid): (Uuid, i64, String) = (row.get(0), row.get(1), row.get(2));
+            let (id, org, pid, token): (Uuid, i64, String, Option<Uuid>) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
             for &i in &conflicted {
                 if events[i].organization == org
                     && events[i].producer_id.as_deref() == Some(pid.as_str())
                 {
                     claims[i].event_id = id;
+                    claims[i].fresh = token == Some(events[i].claim_token);
                 }
             }
         }

@@ -125,6 +125,7 @@ async fn process_event(
                 true => String::from_utf8_lossy(&delivery.data).into_owned(),
                 false => event.to_envelope().to_string(),
             },
+            claim_token: uuid::Uuid::new_v4(),
         })
         .await?;
     if !claim.fresh && !delivery.redelivered {

@@ -66,6 +66,7 @@ pub async fn test(
             action: PING.to_owned(),
             producer_id: None,
             body: envelope.to_string(),
+            claim_token: uuid::Uuid::new_v4(),
         }],
     )
     .await?;
