@@ -74,6 +74,7 @@ impl TestEnv {
             retry_policy: policy,
             max_consecutive_failures: 50,
             prefetch: 64,
+            retry_prefetch: 64,
             max_concurrent_deliveries: 256,
             response_excerpt_bytes: 1024,
             pool_size: 4,

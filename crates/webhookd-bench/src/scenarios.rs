@@ -49,7 +49,7 @@ impl Scale {
             latency_secs: 20.0,
             fanout_events: 1_000,
             fanout_hooks: 100,
-            slow_events: 5_000,
+            slow_events: 20_000,
             failing_events: 10_000,
             limits_secs: 5.0,
             http_concurrency: 64,

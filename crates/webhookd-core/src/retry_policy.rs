@@ -23,6 +23,9 @@ pub enum AttemptResult {
     Transport,
     /// The request could not be built (e.g. an invalid static header); trying again cannot help.
     Unsendable,
+    /// No answer yet at the slow lane's threshold: the attempt was given up to be made again at once from
+    /// the retry queue, where it may take the whole timeout.
+    HandedOver,
 }
 
 /// What happens after an attempt.
@@ -106,6 +109,10 @@ impl RetryPolicy {
                 retry_after
             }
             AttemptResult::Transport => None,
+            AttemptResult::HandedOver if attempt < self.max_attempts() => {
+                return Verdict::Retry(Duration::ZERO)
+            }
+            AttemptResult::HandedOver => return Verdict::Dead,
         };
         let Some(base) = self
             .schedule
@@ -219,6 +226,20 @@ mod tests {
         assert!(
             w.as_secs_f64() >= 80.0,
             "never earlier than the jittered schedule"
+        );
+    }
+
+    #[test]
+    fn a_handed_over_attempt_is_made_again_at_once_while_attempts_remain() {
+        let p = policy();
+        let mut rng = StdRng::seed_from_u64(7);
+        assert_eq!(
+            p.decide(1, AttemptResult::HandedOver, &mut rng),
+            Verdict::Retry(Duration::ZERO)
+        );
+        assert_eq!(
+            p.decide(8, AttemptResult::HandedOver, &mut rng),
+            Verdict::Dead
         );
     }
 

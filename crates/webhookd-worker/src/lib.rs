@@ -2,6 +2,7 @@
 //! signed Label Studio-compatible POSTs, retries failures through the broker's delay ladder, and records
 //! every attempt in PostgreSQL.
 
+pub mod acks;
 pub mod backoff_forever;
 pub mod batcher;
 pub mod dispatch;

@@ -8,7 +8,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use webhookd_broker::retry_task::now_ms;
 use webhookd_broker::{ConfirmedPublisher, PublishError, RetryTask, Topology};
@@ -18,6 +17,7 @@ use webhookd_core::{AttemptResult, DeliveryId, Event, EventId, Subscription, Ver
 use webhookd_store::delivery_log::{AttemptRow, Outcome};
 use webhookd_store::events::NewEvent;
 
+use crate::acks::{Acks, Settle};
 use crate::batcher::Stopped;
 use crate::dispatch::{Attempt, AttemptReport};
 use crate::worker::Shared;
@@ -38,40 +38,40 @@ pub enum HandleError {
 }
 
 /// Handles one message from the work queue and acknowledges it when done.
-pub async fn handle_event(shared: Arc<Shared>, publisher: ConfirmedPublisher, delivery: Delivery) {
+pub async fn handle_event(
+    shared: Arc<Shared>,
+    publisher: ConfirmedPublisher,
+    delivery: Delivery,
+    acks: Acks,
+) {
     webhookd_metrics::MESSAGES_IN_FLIGHT.inc();
     let result = process_event(&shared, &publisher, &delivery).await;
-    settle(delivery, result).await;
+    settle(&acks, delivery.delivery_tag, result).await;
     webhookd_metrics::MESSAGES_IN_FLIGHT.dec();
 }
 
 /// Handles one retry task from the retry queue and acknowledges it when done.
-pub async fn handle_retry(shared: Arc<Shared>, publisher: ConfirmedPublisher, delivery: Delivery) {
+pub async fn handle_retry(
+    shared: Arc<Shared>,
+    publisher: ConfirmedPublisher,
+    delivery: Delivery,
+    acks: Acks,
+) {
     webhookd_metrics::MESSAGES_IN_FLIGHT.inc();
     let result = process_retry(&shared, &publisher, &delivery).await;
-    settle(delivery, result).await;
+    settle(&acks, delivery.delivery_tag, result).await;
     webhookd_metrics::MESSAGES_IN_FLIGHT.dec();
 }
 
-async fn settle(delivery: Delivery, result: Result<(), HandleError>) {
-    let outcome = match result {
-        Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
+async fn settle(acks: &Acks, tag: u64, result: Result<(), HandleError>) {
+    match result {
+        Ok(()) => acks.finished(tag, Settle::Ack),
         Err(e) => {
             tracing::warn!(error = %e, "message not finished; returning it to the queue");
             // Whatever failed (the broker, most likely) gets a moment before the message comes back.
             tokio::time::sleep(NACK_DELAY).await;
-            delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await
+            acks.finished(tag, Settle::Requeue);
         }
-    };
-    if let Err(e) = outcome {
-        // The channel is gone; the broker redelivers the message to another consumer.
-        tracing::debug!(error = %e, "could not settle a message");
     }
 }
 
@@ -136,32 +136,57 @@ async fn process_event(
     }
     let event_id = EventId(claim.event_id);
     let bodies = build_bodies(shared, &event);
-    let mut attempts = Vec::with_capacity(subscribers.len() * bodies.len());
-    let mut deferred = Vec::new();
-    for webhook in &subscribers {
-        let slow = shared.slow_lane.is_slow(webhook.id);
-        for chunk in 0..bodies.len() {
-            if slow {
-                deferred.push(RetryTask {
-                    event_id: event_id.0,
-                    webhook_id: webhook.id,
-                    chunk: chunk as u32,
-                    attempt: 1,
-                    due_at_ms: now_ms(),
-                });
-            } else {
-                let (event, bodies) = (&event, &bodies);
-                attempts.push(async move {
-                    // Inline attempts share the worker's delivery slots; attempts made from the retry
-                    // queue (the slow lane among them) are bounded by that queue's prefetch instead, so
-                    // hanging receivers cannot take the slots healthy webhooks need.
-                    let _slot = shared.delivery_slots.acquire().await.ok();
-                    attempt(shared, webhook, event, event_id, chunk, 1, bodies).await
-                });
+    let deferral = |webhook: &Subscription, chunk: usize| RetryTask {
+        event_id: event_id.0,
+        webhook_id: webhook.id,
+        chunk: chunk as u32,
+        attempt: 1,
+        due_at_ms: now_ms(),
+    };
+    let (slow, inline): (Vec<_>, Vec<_>) = subscribers
+        .iter()
+        .partition(|w| shared.slow_lane.is_slow(w.id));
+    let mut deferred: Vec<RetryTask> = slow
+        .iter()
+        .flat_map(|w| (0..bodies.len()).map(|chunk| deferral(w, chunk)))
+        .collect();
+    // Taken before the attempts exist; an event wanting more than the whole budget waits for all of it.
+    let wanted = (inline.len() * bodies.len()).min(shared.attempt_budget_size);
+    let _budget = match wanted {
+        0 => None,
+        n => shared.attempt_budget.acquire_many(n as u32).await.ok(),
+    };
+    let (event, bodies) = (&event, &bodies);
+    let attempts = inline.iter().flat_map(|&webhook| {
+        (0..bodies.len()).map(move |chunk| async move {
+            // Inline attempts share the worker's delivery slots; attempts made from the retry queue
+            // (the slow lane among them) are bounded by that queue's prefetch instead, so hanging
+            // receivers cannot take the slots healthy webhooks need.
+            let _slot = shared.delivery_slots.acquire().await.ok();
+            // The webhook may have turned slow while this attempt waited for its turn.
+            if shared.slow_lane.is_slow(webhook.id) {
+                return Err(deferral(webhook, chunk));
             }
+            Ok(attempt(
+                shared,
+                webhook,
+                event,
+                event_id,
+                chunk,
+                1,
+                bodies,
+                Mode::Inline,
+            )
+            .await)
+        })
+    });
+    let mut done = Vec::new();
+    for result in futures::future::join_all(attempts).await {
+        match result {
+            Ok(made) => done.push(made),
+            Err(task) => deferred.push(task),
         }
     }
-    let done = futures::future::join_all(attempts).await;
     // A deferred first attempt is logged when it is made, from the retry queue.
     finish(shared, publisher, done, deferred).await?;
     consumed("delivered");
@@ -237,6 +262,7 @@ async fn process_retry(
                     chunk,
                     task.attempt,
                     &bodies,
+                    Mode::Retry,
                 )
                 .await,
             ]
@@ -268,7 +294,31 @@ fn build_bodies(shared: &Shared, event: &Event) -> Vec<(Bytes, Bytes)> {
         .collect()
 }
 
+/// Where an attempt is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Inside its event's handler, which waits for it.
+    Inline,
+    /// From the retry queue.
+    Retry,
+}
+
+/// The report of an inline attempt that had no answer at the slow lane's threshold and was handed over.
+fn handed_over(threshold: Duration) -> AttemptReport {
+    AttemptReport {
+        result: AttemptResult::HandedOver,
+        http_status: None,
+        error: Some(format!(
+            "no answer within {} ms; handed over to the slow lane",
+            threshold.as_millis()
+        )),
+        excerpt: None,
+        duration: threshold,
+    }
+}
+
 /// One attempt of one delivery, and what follows from it: its log row and, if it failed, its retry task.
+#[allow(clippy::too_many_arguments)]
 async fn attempt(
     shared: &Shared,
     webhook: &Subscription,
@@ -277,6 +327,7 @@ async fn attempt(
     chunk: usize,
     number: u32,
     bodies: &[(Bytes, Bytes)],
+    mode: Mode,
 ) -> (AttemptRow, Option<RetryTask>) {
     let delivery_id = DeliveryId::derive(event_id, webhook.id, chunk as u32);
     let (full, action_only) = &bodies[chunk];
@@ -297,9 +348,18 @@ async fn attempt(
         body,
     }));
     // An attempt still waiting at half the timeout puts its webhook in the slow lane right away, so that
-    // events arriving meanwhile do not wait on it too.
-    let report = match tokio::time::timeout(shared.slow_lane.threshold(), &mut sending).await {
+    // events arriving meanwhile do not wait on it too. An inline one is also handed over: its next attempt
+    // is made at once from the retry queue, with the full timeout, and its event is not held any longer.
+    let threshold = shared.slow_lane.threshold();
+    let policy = &shared.settings.retry_policy;
+    let hand_over = mode == Mode::Inline && number < policy.max_attempts();
+    let report = match tokio::time::timeout(threshold, &mut sending).await {
         Ok(report) => report,
+        Err(_) if hand_over => {
+            shared.slow_lane.mark(webhook.id);
+            drop(sending);
+            handed_over(threshold)
+        }
         Err(_) => {
             shared.slow_lane.mark(webhook.id);
             sending.await
@@ -309,11 +369,7 @@ async fn attempt(
     shared
         .slow_lane
         .observe(webhook.id, report.result, report.duration);
-    let verdict =
-        shared
-            .settings
-            .retry_policy
-            .decide(number, report.result, &mut rand::thread_rng());
+    let verdict = policy.decide(number, report.result, &mut rand::thread_rng());
     let (outcome, retry) = match verdict {
         Verdict::Succeeded => (Outcome::Succeeded, None),
         Verdict::Retry(wait) => {
@@ -330,7 +386,8 @@ async fn attempt(
         Verdict::Dead | Verdict::Gone => (Outcome::Dead, None),
     };
     let health = match (verdict, report.result) {
-        (_, AttemptResult::Unsendable) => None,
+        // Not a verdict on the receiver: nothing was sent, or no answer yet (the next attempt tells).
+        (_, AttemptResult::Unsendable | AttemptResult::HandedOver) => None,
         (Verdict::Succeeded, _) => Some(HealthSignal::Success),
         (Verdict::Gone, _) => Some(HealthSignal::Gone),
         _ => Some(HealthSignal::Failure),

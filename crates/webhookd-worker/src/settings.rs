@@ -25,8 +25,10 @@ pub struct WorkerSettings {
     pub retry_policy: RetryPolicy,
     /// Auto-disable threshold; ≤ 0 never disables (`WEBHOOK_MAX_CONSECUTIVE_FAILURES`).
     pub max_consecutive_failures: i32,
-    /// Messages in flight per consumer (`WEBHOOKD_PREFETCH`).
+    /// Events in flight (`WEBHOOKD_PREFETCH`).
     pub prefetch: u16,
+    /// Retry tasks in flight (`WEBHOOKD_RETRY_PREFETCH`).
+    pub retry_prefetch: u16,
     /// HTTP attempts in flight at once, across all messages (`WEBHOOKD_MAX_CONCURRENT_DELIVERIES`).
     pub max_concurrent_deliveries: usize,
     /// Bytes of each response kept in the log.

@@ -19,12 +19,17 @@ use webhookd_store::delivery_log::{self, AttemptRow};
 use webhookd_store::events::{self, Claim, NewEvent};
 use webhookd_store::{database, migrate, Pool, StoreError};
 
+use crate::acks::Acks;
 use crate::batcher::{Batcher, Flush};
 use crate::dispatch::Dispatcher;
 use crate::pipeline::{handle_event, handle_retry};
 use crate::settings::WorkerSettings;
 use crate::subscriptions::{keep_current, SubscriptionCache};
 
+/// How long a stopping session waits for its last acknowledgements to be sent.
+const ACKS_FLUSH: Duration = Duration::from_secs(5);
+/// Inline attempts per delivery slot that may wait for one.
+const ATTEMPTS_PER_SLOT: usize = 8;
 /// Rows per log write and events per claim.
 const MAX_BATCH: usize = 1000;
 
@@ -64,6 +69,11 @@ pub struct Shared {
     pub pool: Pool,
     /// Bounds the HTTP attempts in flight, so a fan-out to many webhooks cannot open unbounded requests.
     pub delivery_slots: tokio::sync::Semaphore,
+    /// Bounds the inline attempts that exist at once, waiting or sending, so that the memory of a large
+    /// fan-out does not grow with the prefetch.
+    pub attempt_budget: tokio::sync::Semaphore,
+    /// The budget's size.
+    pub attempt_budget_size: usize,
     /// Webhooks whose deliveries are deferred to the retry queue instead of being waited on inline.
     pub slow_lane: crate::slow_lane::SlowLane,
 }
@@ -180,6 +190,8 @@ impl Worker {
             cache,
             pool,
             delivery_slots: tokio::sync::Semaphore::new(settings.max_concurrent_deliveries.max(1)),
+            attempt_budget: tokio::sync::Semaphore::new(attempt_budget(&settings)),
+            attempt_budget_size: attempt_budget(&settings),
             slow_lane: crate::slow_lane::SlowLane::new(settings.timeout),
             settings,
         };
@@ -244,24 +256,32 @@ impl Worker {
         let (retries_channel, mut retries) = consume(
             &connection,
             &settings.topology.retry_queue(),
-            settings.prefetch,
+            settings.retry_prefetch,
         )
         .await?;
         tracing::info!(queue = %settings.topology.work_queue(), prefetch = settings.prefetch, "worker consuming");
         webhookd_metrics::BROKER_CONNECTED.set(1);
         self.broker_ready.store(true, Ordering::Release);
 
+        let (event_acks, event_acking) = Acks::spawn(events_channel.clone());
+        let (retry_acks, retry_acking) = Acks::spawn(retries_channel.clone());
         let mut tasks = JoinSet::new();
         let ended = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
                 next = events.next() => match next {
-                    Some(Ok(d)) => { tasks.spawn(handle_event(self.shared.clone(), publisher.clone(), d)); }
+                    Some(Ok(d)) => {
+                        event_acks.received(d.delivery_tag);
+                        tasks.spawn(handle_event(self.shared.clone(), publisher.clone(), d, event_acks.clone()));
+                    }
                     Some(Err(e)) => break Err(WorkerError::Broker(e)),
                     None => break Err(WorkerError::ConsumerClosed("events")),
                 },
                 next = retries.next() => match next {
-                    Some(Ok(d)) => { tasks.spawn(handle_retry(self.shared.clone(), publisher.clone(), d)); }
+                    Some(Ok(d)) => {
+                        retry_acks.received(d.delivery_tag);
+                        tasks.spawn(handle_retry(self.shared.clone(), publisher.clone(), d, retry_acks.clone()));
+                    }
                     Some(Err(e)) => break Err(WorkerError::Broker(e)),
                     None => break Err(WorkerError::ConsumerClosed("retries")),
                 },
@@ -294,11 +314,22 @@ impl Worker {
         self.broker_ready.store(false, Ordering::Release);
         webhookd_metrics::BROKER_CONNECTED.set(0);
         tasks.shutdown().await;
+        // The acking tasks send what the finished handlers left them, then end with their last handle.
+        drop((event_acks, retry_acks));
+        let _ = tokio::time::timeout(ACKS_FLUSH, async {
+            let _ = tokio::join!(event_acking, retry_acking);
+        })
+        .await;
         let _ = connection
             .close(200, "webhookd worker stopping".into())
             .await;
         ended
     }
+}
+
+/// Inline attempts that may exist at once: enough to keep every delivery slot busy with work queued behind it.
+pub fn attempt_budget(settings: &WorkerSettings) -> usize {
+    settings.max_concurrent_deliveries.max(1) * ATTEMPTS_PER_SLOT
 }
 
 fn consumer_tag(queue_kind: &str) -> String {

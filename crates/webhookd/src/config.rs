@@ -51,6 +51,8 @@ pub struct Config {
     pub max_consecutive_failures: i32,
     /// `WEBHOOKD_PREFETCH`.
     pub prefetch: u16,
+    /// `WEBHOOKD_RETRY_PREFETCH`.
+    pub retry_prefetch: u16,
     /// `WEBHOOKD_MAX_CONCURRENT_DELIVERIES`.
     pub max_concurrent_deliveries: usize,
     /// `WEBHOOKD_DB_POOL_SIZE`.
@@ -235,7 +237,13 @@ impl Config {
             )?,
             prefetch: env.parse(
                 "WEBHOOKD_PREFETCH",
-                256u16,
+                1024u16,
+                "an integer from 1 to 65535",
+                |n| *n > 0,
+            )?,
+            retry_prefetch: env.parse(
+                "WEBHOOKD_RETRY_PREFETCH",
+                128u16,
                 "an integer from 1 to 65535",
                 |n| *n > 0,
             )?,
@@ -336,6 +344,7 @@ impl Config {
             retry_policy: self.retry_policy(),
             max_consecutive_failures: self.max_consecutive_failures,
             prefetch: self.prefetch,
+            retry_prefetch: self.retry_prefetch,
             max_concurrent_deliveries: self.max_concurrent_deliveries,
             response_excerpt_bytes: self.response_excerpt_bytes,
             pool_size: self.pool_size,

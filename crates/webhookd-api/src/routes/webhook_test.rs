@@ -95,7 +95,7 @@ pub async fn test(
         Outcome::Dead
     };
     let health = match report.result {
-        AttemptResult::Unsendable => None,
+        AttemptResult::Unsendable | AttemptResult::HandedOver => None,
         AttemptResult::Status { code: 410, .. } => Some(HealthSignal::Gone),
         _ if succeeded => Some(HealthSignal::Success),
         _ => Some(HealthSignal::Failure),
