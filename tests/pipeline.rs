@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use support::receiver::Receiver;
 use support::{envelope, wait_for, TestEnv};
 use uuid::Uuid;
+use webhookd_core::EventId;
 use webhookd_store::events::{self, NewEvent};
 use webhookd_store::webhooks::NewWebhook;
 
@@ -423,37 +424,54 @@ async fn an_event_published_twice_with_the_same_id_is_delivered_once() {
     worker.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_claim_written_again_after_a_lost_reply_is_still_its_own() {
-    // The database can commit a claim and lose the connection before the reply: the worker writes the
-    // same claim again, and must then deliver the event, not take it for a re-publish.
-    let env = TestEnv::new(|_| {}).await;
-    let claim = |token: Uuid| NewEvent {
-        id: Uuid::new_v4(),
+fn new_event(producer_id: Option<&str>) -> NewEvent {
+    // Ids as the worker makes them: name-based with a producer id, random without.
+    NewEvent {
+        id: producer_id
+            .map(|p| EventId::for_producer(1, p))
+            .unwrap_or_default()
+            .0,
         organization: 1,
         project: None,
         action: "PROJECT_DELETED".to_owned(),
-        producer_id: Some("evt-in-doubt".to_owned()),
+        producer_id: producer_id.map(str::to_owned),
         body: envelope(1, "PROJECT_DELETED", None, json!({"project": {"id": 1}})).to_string(),
-        claim_token: token,
-    };
+        claim_token: Uuid::new_v4(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_written_again_after_a_lost_reply_is_still_its_own() {
+    // The database can commit a claim and lose the connection before the reply: the worker writes the
+    // same claim again, and must then deliver the event, not take it for a re-publish or fail for good.
+    let env = TestEnv::new(|_| {}).await;
     let client = env.pool.get().await.unwrap();
-    let first = claim(Uuid::new_v4());
-    let stored = events::claim_events(&**client, std::slice::from_ref(&first))
-        .await
-        .unwrap();
-    assert!(stored[0].fresh);
-    let again = events::claim_events(&**client, std::slice::from_ref(&first))
-        .await
-        .unwrap();
+    let batch = [new_event(Some("evt-in-doubt")), new_event(None)];
+    let stored = events::claim_events(&**client, &batch).await.unwrap();
+    assert!(stored.iter().all(|c| c.fresh));
+    let again = events::claim_events(&**client, &batch).await.unwrap();
     assert_eq!(again, stored, "the same write, tried again, is still fresh");
-    let republished = events::claim_events(&**client, &[claim(Uuid::new_v4())])
+    let republished = events::claim_events(&**client, &[new_event(Some("evt-in-doubt"))])
         .await
         .unwrap();
     assert_eq!(republished[0].event_id, stored[0].event_id);
     assert!(
         !republished[0].fresh,
         "another message with the same id is a duplicate"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_copies_of_an_event_in_one_claim_batch_are_delivered_once() {
+    let env = TestEnv::new(|_| {}).await;
+    let client = env.pool.get().await.unwrap();
+    let copies = [new_event(Some("evt-twice")), new_event(Some("evt-twice"))];
+    let claims = events::claim_events(&**client, &copies).await.unwrap();
+    assert_eq!(claims[0].event_id, claims[1].event_id);
+    assert_eq!(
+        claims.iter().filter(|c| c.fresh).count(),
+        1,
+        "exactly one copy is delivered: {claims:?}"
     );
 }
 

@@ -149,6 +149,23 @@ pub static CACHED_WEBHOOKS: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+/// Counts one unit in `gauge` for as long as it lives, so that a task aborted midway still gives it back.
+pub struct Held(&'static IntGauge);
+
+impl Held {
+    /// Adds one to `gauge` until dropped.
+    pub fn new(gauge: &'static IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Records one attempt.
 pub fn attempt(outcome: &str, action: &str, duration: Duration) {
     ATTEMPTS.with_label_values(&[outcome, action]).inc();
@@ -193,6 +210,15 @@ pub fn render() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_gauge_is_given_back_when_dropped() {
+        let before = IN_FLIGHT.get();
+        let held = Held::new(&IN_FLIGHT);
+        assert_eq!(IN_FLIGHT.get(), before + 1);
+        drop(held);
+        assert_eq!(IN_FLIGHT.get(), before);
+    }
 
     #[test]
     fn every_series_renders() {

@@ -79,6 +79,12 @@ pub async fn write_attempts(
     max_consecutive_failures: i32,
 ) -> Result<Vec<Disabled>, StoreError> {
     let tx = client.transaction().await?;
+    if rows.is_empty() {
+        // A transaction that writes nothing commits without flushing the WAL; taking a transaction id
+        // makes this commit a synchronous one, which makes the (asynchronous) event claims before it
+        // durable before their messages are acked, also when every delivery was deferred.
+        tx.execute("SELECT pg_current_xact_id()", &[]).await?;
+    }
     let col = |f: &dyn Fn(&AttemptRow) -> Uuid| rows.iter().map(|r| f(r)).collect::<Vec<Uuid>>();
     let delivery_ids = col(&|r| r.delivery_id);
     let event_ids = col(&|r| r.event_id);

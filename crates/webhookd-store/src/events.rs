@@ -1,6 +1,8 @@
 //! Events: claimed (stored) before delivery so that a re-published event is delivered once, and read back
 //! for retries and redeliveries.
 
+use std::collections::HashSet;
+
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
@@ -35,7 +37,9 @@ pub struct Claim {
     pub fresh: bool,
 }
 
-/// Stores a batch of events in one statement; returns one claim per event, in order.
+/// Stores a batch of events; returns one claim per event, in order. An event is fresh when this handling
+/// stored it: its row carries this claim's token (written now, or by an earlier try of the same write whose
+/// reply was lost). Any other conflict, on the producer id or on the event id, is not fresh.
 pub async fn claim_events(
     client: &impl GenericClient,
     events: &[NewEvent],
@@ -47,53 +51,72 @@ pub async fn claim_events(
     let producer_ids: Vec<Option<&str>> = events.iter().map(|e| e.producer_id.as_deref()).collect();
     let bodies: Vec<&str> = events.iter().map(|e| e.body.as_str()).collect();
     let tokens: Vec<Uuid> = events.iter().map(|e| e.claim_token).collect();
+    // Copies of one event in the same batch share an id: only one row, and so one token, comes back.
     let inserted = client
         .query(
             "INSERT INTO events (id, organization, project, action, producer_id, body, claim_token)
              SELECT u.id, u.organization, u.project, u.action, u.producer_id, u.body::json, u.claim_token
                FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::uuid[])
                     AS u(id, organization, project, action, producer_id, body, claim_token)
-             ON CONFLICT (organization, producer_id) WHERE producer_id IS NOT NULL DO NOTHING
-             RETURNING id",
+             ON CONFLICT DO NOTHING
+             RETURNING claim_token",
             &[&ids, &orgs, &projects, &actions, &producer_ids, &bodies, &tokens],
         )
         .await?;
-    let fresh: std::collections::HashSet<Uuid> =
-        inserted.iter().map(|r| r.get::<_, Uuid>(0)).collect();
-    let mut claims: Vec<Claim> = ids
+    let stored: HashSet<Uuid> = inserted.iter().map(|r| r.get::<_, Uuid>(0)).collect();
+    let mut claims: Vec<Claim> = events
         .iter()
-        .map(|&id| Claim {
-            event_id: id,
-            fresh: fresh.contains(&id),
+        .map(|e| Claim {
+            event_id: e.id,
+            fresh: stored.contains(&e.claim_token),
         })
         .collect();
-    let conflicted: Vec<usize> = (0..events.len()).filter(|&i| !claims[i].fresh).collect();
-    if !conflicted.is_empty() {
-        let c_orgs: Vec<i64> = conflicted.iter().map(|&i| events[i].organization).collect();
-        let c_pids: Vec<&str> = conflicted
-            .iter()
-            .map(|&i| events[i].producer_id.as_deref().unwrap_or_default())
-            .collect();
-        let rows = client
-            .query(
-                "SELECT e.id, e.organization, e.producer_id, e.claim_token
-                   FROM events e
-                   JOIN unnest($1::int8[], $2::text[]) AS u(organization, producer_id)
-                     ON e.organization = u.organization AND e.producer_id = u.producer_id",
-                &[&c_orgs, &c_pids],
-            )
-            .await?;
-        for row in rows {
-            let (id, org, pid, token): (Uuid, i64, String, Option<Uuid>) =
-                (row.get(0), row.get(1), row.get(2), row.get(3));
-            for &i in &conflicted {
-                if events[i].organization == org
-                    && events[i].producer_id.as_deref() == Some(pid.as_str())
-                {
-                    claims[i].event_id = id;
-                    claims[i].fresh = token == Some(events[i].claim_token);
-                }
-            }
+    let conflicted: Vec<&NewEvent> = events
+        .iter()
+        .zip(&claims)
+        .filter(|(_, c)| !c.fresh)
+        .map(|(e, _)| e)
+        .collect();
+    if conflicted.is_empty() {
+        return Ok(claims);
+    }
+    // The rows they ran into: by producer id where there is one, else by event id.
+    let c_ids: Vec<Uuid> = conflicted.iter().map(|e| e.id).collect();
+    let (c_orgs, c_pids): (Vec<i64>, Vec<&str>) = conflicted
+        .iter()
+        .filter_map(|e| Some((e.organization, e.producer_id.as_deref()?)))
+        .unzip();
+    let rows = client
+        .query(
+            "SELECT e.id, e.organization, e.producer_id, e.claim_token
+               FROM events e
+              WHERE e.id = ANY($1)
+             UNION
+             SELECT e.id, e.organization, e.producer_id, e.claim_token
+               FROM events e
+               JOIN unnest($2::int8[], $3::text[]) AS u(organization, producer_id)
+                 ON e.organization = u.organization AND e.producer_id = u.producer_id",
+            &[&c_ids, &c_orgs, &c_pids],
+        )
+        .await?;
+    let found: Vec<(Uuid, i64, Option<String>, Option<Uuid>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    for (event, claim) in events.iter().zip(claims.iter_mut()) {
+        if claim.fresh {
+            continue;
+        }
+        let same = |(id, org, pid, _): &&(Uuid, i64, Option<String>, Option<Uuid>)| match event
+            .producer_id
+            .as_deref()
+        {
+            Some(p) => *org == event.organization && pid.as_deref() == Some(p),
+            None => *id == event.id,
+        };
+        if let Some((id, _, _, token)) = found.iter().find(same) {
+            claim.event_id = *id;
+            claim.fresh = *token == Some(event.claim_token);
         }
     }
     Ok(claims)

@@ -2,7 +2,8 @@
 //! every finished message below the oldest unfinished one with a single `basic.ack multiple` frame. The
 //! broker then handles one frame (one quorum-queue settle command) per batch instead of one per message.
 //! A finished message above an unfinished one is held briefly in case the gap closes, then acked alone,
-//! so that a slow message never holds the acks, and so the prefetch window, of the others.
+//! so that a slow message never holds the acks, and so the prefetch window, of the others. (Messages
+//! rarely finish in order, so under load a part of the acks still goes out one by one.)
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -43,15 +44,44 @@ impl Acks {
         (Self { tx }, tokio::spawn(run(channel, rx)))
     }
 
-    /// Records that the message `tag` was delivered; call it before the message's handler starts.
-    pub fn received(&self, tag: u64) {
+    /// Records that the message `tag` was delivered; call it before the message's handler starts, and
+    /// hand the handler what it returns.
+    pub fn received(&self, tag: u64) -> Pending {
         let _ = self.tx.send(Report::Received(tag));
+        Pending {
+            acks: self.clone(),
+            tag,
+            settled: false,
+        }
+    }
+}
+
+/// A message being handled. Dropped unsettled (its handler panicked or was aborted), it is requeued, so
+/// that it neither holds a prefetch slot nor keeps the acks of the messages after it waiting.
+pub struct Pending {
+    acks: Acks,
+    tag: u64,
+    settled: bool,
+}
+
+impl Pending {
+    /// Settles the message.
+    pub fn settle(mut self, settle: Settle) {
+        self.send(settle);
     }
 
-    /// Settles the message `tag`.
-    pub fn finished(&self, tag: u64, settle: Settle) {
+    fn send(&mut self, settle: Settle) {
+        self.settled = true;
         // If the task is gone, so is the channel: the broker redelivers the message.
-        let _ = self.tx.send(Report::Finished(tag, settle));
+        let _ = self.acks.tx.send(Report::Finished(self.tag, settle));
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.send(Settle::Requeue);
+        }
     }
 }
 
@@ -171,6 +201,29 @@ mod tests {
             l.record(Report::Received(tag), Instant::now());
         }
         l
+    }
+
+    #[test]
+    fn a_message_dropped_unsettled_is_requeued_and_a_settled_one_once() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let acks = Acks { tx };
+        drop(acks.received(7));
+        acks.received(8).settle(Settle::Ack);
+        let reports: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|r| match r {
+                Report::Received(t) => (t, None),
+                Report::Finished(t, s) => (t, Some(s)),
+            })
+            .collect();
+        assert_eq!(
+            reports,
+            [
+                (7, None),
+                (7, Some(Settle::Requeue)),
+                (8, None),
+                (8, Some(Settle::Ack))
+            ]
+        );
     }
 
     #[test]

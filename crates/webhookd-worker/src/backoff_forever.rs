@@ -12,3 +12,8 @@ pub fn backoff_forever(initial: Duration, max: Duration) -> ExponentialBackoff {
         .with_max_elapsed_time(None)
         .build()
 }
+
+/// The rhythm of database retries: 0.1 s doubling to 5 s.
+pub fn database_backoff() -> ExponentialBackoff {
+    backoff_forever(Duration::from_millis(100), Duration::from_secs(5))
+}

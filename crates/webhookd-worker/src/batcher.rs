@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backoff_forever::backoff_forever;
+use crate::backoff_forever::database_backoff;
 use backoff::backoff::Backoff;
 use tokio::sync::{mpsc, oneshot};
 use webhookd_store::StoreError;
@@ -83,7 +83,7 @@ async fn run<F: Flush>(
                 Err(_) => break,
             }
         }
-        let mut backoff = backoff_forever(Duration::from_millis(100), Duration::from_secs(5));
+        let mut backoff = database_backoff();
         let resps = loop {
             match flusher.flush(&reqs).await {
                 Ok(resps) => {

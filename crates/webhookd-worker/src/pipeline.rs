@@ -8,7 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use lapin::message::Delivery;
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::BasicProperties;
 use webhookd_broker::retry_task::now_ms;
 use webhookd_broker::{ConfirmedPublisher, PublishError, RetryTask, Topology};
 use webhookd_core::body::{self, EventBodies};
@@ -17,10 +18,11 @@ use webhookd_core::{AttemptResult, DeliveryId, Event, EventId, Subscription, Ver
 use webhookd_store::delivery_log::{AttemptRow, Outcome};
 use webhookd_store::events::NewEvent;
 
-use crate::acks::{Acks, Settle};
+use crate::acks::{Pending, Settle};
 use crate::batcher::Stopped;
 use crate::dispatch::{Attempt, AttemptReport};
-use crate::worker::Shared;
+use crate::worker::{attempt_budget, Shared};
+use webhookd_metrics::Held;
 
 /// How long a handler that could not finish waits before returning its message, so that a broker
 /// problem does not turn into a redelivery loop.
@@ -42,12 +44,11 @@ pub async fn handle_event(
     shared: Arc<Shared>,
     publisher: ConfirmedPublisher,
     delivery: Delivery,
-    acks: Acks,
+    pending: Pending,
 ) {
-    webhookd_metrics::MESSAGES_IN_FLIGHT.inc();
+    let _held = Held::new(&webhookd_metrics::MESSAGES_IN_FLIGHT);
     let result = process_event(&shared, &publisher, &delivery).await;
-    settle(&acks, delivery.delivery_tag, result).await;
-    webhookd_metrics::MESSAGES_IN_FLIGHT.dec();
+    settle(pending, result).await;
 }
 
 /// Handles one retry task from the retry queue and acknowledges it when done.
@@ -55,22 +56,21 @@ pub async fn handle_retry(
     shared: Arc<Shared>,
     publisher: ConfirmedPublisher,
     delivery: Delivery,
-    acks: Acks,
+    pending: Pending,
 ) {
-    webhookd_metrics::MESSAGES_IN_FLIGHT.inc();
+    let _held = Held::new(&webhookd_metrics::MESSAGES_IN_FLIGHT);
     let result = process_retry(&shared, &publisher, &delivery).await;
-    settle(&acks, delivery.delivery_tag, result).await;
-    webhookd_metrics::MESSAGES_IN_FLIGHT.dec();
+    settle(pending, result).await;
 }
 
-async fn settle(acks: &Acks, tag: u64, result: Result<(), HandleError>) {
+async fn settle(pending: Pending, result: Result<(), HandleError>) {
     match result {
-        Ok(()) => acks.finished(tag, Settle::Ack),
+        Ok(()) => pending.settle(Settle::Ack),
         Err(e) => {
             tracing::warn!(error = %e, "message not finished; returning it to the queue");
             // Whatever failed (the broker, most likely) gets a moment before the message comes back.
             tokio::time::sleep(NACK_DELAY).await;
-            acks.finished(tag, Settle::Requeue);
+            pending.settle(Settle::Requeue);
         }
     }
 }
@@ -150,9 +150,10 @@ async fn process_event(
         .iter()
         .flat_map(|w| (0..bodies.len()).map(|chunk| deferral(w, chunk)))
         .collect();
-    // Taken before the attempts exist; an event wanting more than the whole budget waits for all of it.
-    let wanted = (inline.len() * bodies.len()).min(shared.attempt_budget_size);
-    let _budget = match wanted {
+    // Taken before the attempts exist; an event wanting more than the whole budget waits for all of it
+    // (and then builds its attempts beyond it, alone).
+    let wanted = (inline.len() * bodies.len()).min(attempt_budget(&shared.settings));
+    let budget = match wanted {
         0 => None,
         n => shared.attempt_budget.acquire_many(n as u32).await.ok(),
     };
@@ -187,6 +188,7 @@ async fn process_event(
             Err(task) => deferred.push(task),
         }
     }
+    drop(budget);
     // A deferred first attempt is logged when it is made, from the retry queue.
     finish(shared, publisher, done, deferred).await?;
     consumed("delivered");
@@ -336,7 +338,7 @@ async fn attempt(
     } else {
         action_only.clone()
     };
-    webhookd_metrics::IN_FLIGHT.inc();
+    let held = Held::new(&webhookd_metrics::IN_FLIGHT);
     // Boxed: a waiting attempt (a large fan-out queues thousands) then holds a pointer, not the whole
     // HTTP request state, until it gets its slot.
     let mut sending = Box::pin(shared.dispatcher.send(Attempt {
@@ -355,17 +357,14 @@ async fn attempt(
     let hand_over = mode == Mode::Inline && number < policy.max_attempts();
     let report = match tokio::time::timeout(threshold, &mut sending).await {
         Ok(report) => report,
-        Err(_) if hand_over => {
-            shared.slow_lane.mark(webhook.id);
-            drop(sending);
-            handed_over(threshold)
-        }
+        // `observe` below marks the webhook slow.
+        Err(_) if hand_over => handed_over(threshold),
         Err(_) => {
             shared.slow_lane.mark(webhook.id);
-            sending.await
+            (&mut sending).await
         }
     };
-    webhookd_metrics::IN_FLIGHT.dec();
+    drop((sending, held));
     shared
         .slow_lane
         .observe(webhook.id, report.result, report.duration);
@@ -521,15 +520,13 @@ async fn finish(
 ) -> Result<(), HandleError> {
     let (rows, retries): (Vec<AttemptRow>, Vec<Option<RetryTask>>) = done.into_iter().unzip();
     let topology = &shared.settings.topology;
-    let publish = async {
-        for task in retries.into_iter().flatten().chain(deferred) {
-            schedule(publisher, topology, &task).await?;
-        }
-        Ok::<(), HandleError>(())
-    };
+    let tasks: Vec<RetryTask> = retries.into_iter().flatten().chain(deferred).collect();
+    // Confirms are awaited together, not one after another.
+    let publish =
+        futures::future::try_join_all(tasks.iter().map(|task| schedule(publisher, topology, task)));
     let (written, published) = tokio::join!(shared.log.submit(rows), publish);
     written?;
-    published
+    published.map(drop)
 }
 
 /// Puts a retry task on the delay ladder (or straight on the retry queue if it is due already).
@@ -582,9 +579,7 @@ async fn dead_letter(
         "x-webhookd-dead-at".into(),
         AMQPValue::LongString(Utc::now().to_rfc3339().into()),
     );
-    let props = delivery
-        .properties
-        .clone()
+    let props = kept_properties(&delivery.properties)
         .with_headers(headers)
         .with_delivery_mode(2);
     publisher
@@ -592,4 +587,68 @@ async fn dead_letter(
         .await?;
     webhookd_metrics::DEAD_LETTERS.inc();
     Ok(())
+}
+
+/// The properties of a message to keep on its dead letter: all but the headers (rebuilt by the caller) and
+/// the expiration, so that a dead letter stays until someone looks at it.
+fn kept_properties(p: &BasicProperties) -> BasicProperties {
+    let mut kept = BasicProperties::default();
+    let copy = |kept: BasicProperties,
+                value: &Option<ShortString>,
+                set: fn(BasicProperties, ShortString) -> BasicProperties| match value
+    {
+        Some(v) => set(kept, v.clone()),
+        None => kept,
+    };
+    kept = copy(kept, p.content_type(), BasicProperties::with_content_type);
+    kept = copy(
+        kept,
+        p.content_encoding(),
+        BasicProperties::with_content_encoding,
+    );
+    kept = copy(
+        kept,
+        p.correlation_id(),
+        BasicProperties::with_correlation_id,
+    );
+    kept = copy(kept, p.reply_to(), BasicProperties::with_reply_to);
+    kept = copy(kept, p.message_id(), BasicProperties::with_message_id);
+    kept = copy(kept, p.kind(), BasicProperties::with_type);
+    kept = copy(kept, p.user_id(), BasicProperties::with_user_id);
+    kept = copy(kept, p.app_id(), BasicProperties::with_app_id);
+    kept = copy(kept, p.cluster_id(), BasicProperties::with_cluster_id);
+    if let Some(priority) = *p.priority() {
+        kept = kept.with_priority(priority);
+    }
+    if let Some(timestamp) = *p.timestamp() {
+        kept = kept.with_timestamp(timestamp);
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letter_keeps_the_message_properties_but_not_its_expiration() {
+        let original = BasicProperties::default()
+            .with_message_id("evt-1".into())
+            .with_content_type("application/json".into())
+            .with_expiration("60000".into())
+            .with_priority(3)
+            .with_timestamp(1_700_000_000);
+        let kept = kept_properties(&original);
+        assert_eq!(
+            kept.message_id().as_ref().map(|m| m.as_str()),
+            Some("evt-1")
+        );
+        assert_eq!(
+            kept.content_type().as_ref().map(|m| m.as_str()),
+            Some("application/json")
+        );
+        assert_eq!(*kept.priority(), Some(3));
+        assert_eq!(*kept.timestamp(), Some(1_700_000_000));
+        assert_eq!(*kept.expiration(), None);
+    }
 }

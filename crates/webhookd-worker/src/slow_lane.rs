@@ -1,4 +1,4 @@
-//! The slow lane: a webhook whose last attempt timed out (or nearly) is not waited on inline. Its
+//! The slow lane: a webhook whose last attempt took half the timeout or more is not waited on inline. Its
 //! deliveries of new events go to the retry queue as attempt 1 instead, so one unresponsive receiver
 //! cannot hold every event's ack for the whole timeout and starve the healthy webhooks.
 

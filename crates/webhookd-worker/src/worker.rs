@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backoff_forever::backoff_forever;
+use crate::backoff_forever::{backoff_forever, database_backoff};
 use backoff::backoff::Backoff;
 use futures::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
@@ -70,10 +70,9 @@ pub struct Shared {
     /// Bounds the HTTP attempts in flight, so a fan-out to many webhooks cannot open unbounded requests.
     pub delivery_slots: tokio::sync::Semaphore,
     /// Bounds the inline attempts that exist at once, waiting or sending, so that the memory of a large
-    /// fan-out does not grow with the prefetch.
+    /// fan-out does not grow with the prefetch (an event with more attempts than the whole budget waits
+    /// for all of it).
     pub attempt_budget: tokio::sync::Semaphore,
-    /// The budget's size.
-    pub attempt_budget_size: usize,
     /// Webhooks whose deliveries are deferred to the retry queue instead of being waited on inline.
     pub slow_lane: crate::slow_lane::SlowLane,
 }
@@ -81,7 +80,7 @@ pub struct Shared {
 impl Shared {
     /// Reads a stored event, waiting out database outages.
     pub async fn load_event(&self, id: Uuid) -> Result<Option<String>, crate::batcher::Stopped> {
-        let mut backoff = db_backoff();
+        let mut backoff = database_backoff();
         loop {
             let result = match self.pool.get().await {
                 Ok(client) => events::load_event_body(&**client, id).await,
@@ -97,10 +96,6 @@ impl Shared {
             }
         }
     }
-}
-
-fn db_backoff() -> backoff::ExponentialBackoff {
-    backoff_forever(Duration::from_millis(100), Duration::from_secs(5))
 }
 
 /// Writes event claims in batches.
@@ -155,8 +150,9 @@ impl Worker {
         migrate::migrate(&settings.database_url).await?;
         let pool = database::pool(&settings.database_url, settings.pool_size)?;
         // Claims commit without waiting for their WAL flush: the log write that must precede every ack
-        // is a synchronous commit later in the same WAL, so it makes the claim durable too; a claim lost
-        // to a database crash before that is re-made on redelivery with the same (name-based) event id.
+        // is a synchronous commit later in the same WAL (even when it has no rows), so it makes the claim
+        // durable too; a claim lost to a database crash before that was never acked, and is made again on
+        // redelivery.
         let claim_pool = database::pool_with_options(
             &settings.database_url,
             2,
@@ -191,7 +187,6 @@ impl Worker {
             pool,
             delivery_slots: tokio::sync::Semaphore::new(settings.max_concurrent_deliveries.max(1)),
             attempt_budget: tokio::sync::Semaphore::new(attempt_budget(&settings)),
-            attempt_budget_size: attempt_budget(&settings),
             slow_lane: crate::slow_lane::SlowLane::new(settings.timeout),
             settings,
         };
@@ -271,16 +266,16 @@ impl Worker {
                 _ = shutdown.cancelled() => break Ok(()),
                 next = events.next() => match next {
                     Some(Ok(d)) => {
-                        event_acks.received(d.delivery_tag);
-                        tasks.spawn(handle_event(self.shared.clone(), publisher.clone(), d, event_acks.clone()));
+                        let pending = event_acks.received(d.delivery_tag);
+                        tasks.spawn(handle_event(self.shared.clone(), publisher.clone(), d, pending));
                     }
                     Some(Err(e)) => break Err(WorkerError::Broker(e)),
                     None => break Err(WorkerError::ConsumerClosed("events")),
                 },
                 next = retries.next() => match next {
                     Some(Ok(d)) => {
-                        retry_acks.received(d.delivery_tag);
-                        tasks.spawn(handle_retry(self.shared.clone(), publisher.clone(), d, retry_acks.clone()));
+                        let pending = retry_acks.received(d.delivery_tag);
+                        tasks.spawn(handle_retry(self.shared.clone(), publisher.clone(), d, pending));
                     }
                     Some(Err(e)) => break Err(WorkerError::Broker(e)),
                     None => break Err(WorkerError::ConsumerClosed("retries")),
