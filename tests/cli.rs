@@ -28,6 +28,34 @@ async fn a_bad_setting_stops_start_up_naming_the_variable() {
             .contains("WEBHOOK_TIMEOUT=\"soon\" is invalid: expected a positive number of seconds"),
         "{stderr}"
     );
+    // Logging settings too: a mistyped format would otherwise silently pick one.
+    let out = Command::new(env!("CARGO_BIN_EXE_webhookd"))
+        .arg("worker")
+        .env("LOG_FORMAT", "jsn")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("LOG_FORMAT=\"jsn\" is invalid: expected json or text"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_refuses_an_id_flag_beside_a_whole_envelope() {
+    let out = Command::new(env!("CARGO_BIN_EXE_webhookd"))
+        .args(["publish", "--event", "{}", "--id", "x"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("'--event <EVENT>' cannot be used with '--id <ID>'"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

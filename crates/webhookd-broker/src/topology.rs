@@ -21,6 +21,9 @@ use lapin::{Channel, ExchangeKind};
 
 /// The shortest rung of the delay ladder; retry times are accurate to this.
 pub const LADDER_STEP: Duration = Duration::from_millis(50);
+/// The most rungs: RabbitMQ refuses a queue TTL above 2^32 − 1 ms, and 50 ms × 2^26 is the last that fits.
+/// Longer waits take the top rung more than once.
+pub const MAX_RUNGS: u32 = 27;
 /// Redeliveries of one message after which the broker dead-letters it (a message that keeps crashing workers).
 pub const DELIVERY_LIMIT: i64 = 20;
 
@@ -43,7 +46,7 @@ impl Topology {
         longest_wait: Duration,
     ) -> Self {
         let mut rungs = 1;
-        while LADDER_STEP.saturating_mul(1 << rungs) <= longest_wait && rungs < 32 {
+        while LADDER_STEP.saturating_mul(1 << rungs) <= longest_wait && rungs < MAX_RUNGS {
             rungs += 1;
         }
         Self {
@@ -227,6 +230,9 @@ mod tests {
         assert_eq!(t.delay_queue(20), "p.delay.52428800");
         let short = Topology::new("x", "p", Duration::from_millis(960));
         assert_eq!(short.ladder_rungs, 5);
+        let years = Topology::new("x", "p", Duration::from_secs(10 * 365 * 86_400));
+        assert_eq!(years.ladder_rungs, MAX_RUNGS);
+        assert!(rung_ttl(MAX_RUNGS - 1).as_millis() <= u32::MAX as u128);
     }
 
     #[test]

@@ -75,6 +75,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// `WEBHOOKD_SECRET_ROTATION_GRACE`.
     pub secret_grace: Duration,
+    /// `RUST_LOG`: the log filter.
+    pub log_filter: String,
+    /// `LOG_FORMAT`: JSON lines (`Some(true)`), text (`Some(false)`), or by whether stdout is a terminal.
+    pub log_json: Option<bool>,
 }
 
 struct Env<'a> {
@@ -295,6 +299,24 @@ impl Config {
                 86_400.0,
                 "a positive number of seconds",
             )?,
+            log_filter: env.parse(
+                "RUST_LOG",
+                "info".to_owned(),
+                "a log filter, e.g. info or warn,webhookd_worker=debug",
+                |f: &String| tracing_subscriber::EnvFilter::try_new(f).is_ok(),
+            )?,
+            log_json: match env.get("LOG_FORMAT").map(|v| v.trim().to_ascii_lowercase()) {
+                None => None,
+                Some(v) if v == "json" => Some(true),
+                Some(v) if v == "text" => Some(false),
+                Some(value) => {
+                    return Err(ConfigError::Invalid {
+                        var: "LOG_FORMAT",
+                        value,
+                        expected: "json or text",
+                    })
+                }
+            },
         })
     }
 
@@ -404,6 +426,8 @@ mod tests {
             ("WEBHOOK_RETRY_CLIENT_ERRORS", "maybe", "WEBHOOK_RETRY_CLIENT_ERRORS=\"maybe\" is invalid: expected true or false"),
             ("AMQP_URL", "http://u:secret@h", "AMQP_URL=\"http://u:***@h\" is invalid: expected an amqp:// URL (amqps:// is not supported by this build)"),
             ("WEBHOOKD_ALLOWED_NETWORKS", "10.0.0.0/99", "WEBHOOKD_ALLOWED_NETWORKS=\"10.0.0.0/99\" is invalid: expected comma-separated CIDR networks, e.g. 127.0.0.0/8,::1/128"),
+            ("LOG_FORMAT", "xml", "LOG_FORMAT=\"xml\" is invalid: expected json or text"),
+            ("RUST_LOG", "webhookd=loud", "RUST_LOG=\"webhookd=loud\" is invalid: expected a log filter, e.g. info or warn,webhookd_worker=debug"),
         ];
         for (var, value, message) in cases {
             let err = config(&[(var, value)]).unwrap_err();

@@ -18,15 +18,11 @@ use crate::config::Config;
 /// Runs the demo; everything it creates (a database and queues named `webhookd_demo_*`) is removed after.
 pub async fn run(config: &Config) -> Result<(), String> {
     let name = format!("webhookd_demo_{}", std::process::id());
-    let mut db =
-        webhookd_store::database::parse_url(&config.database_url).map_err(|e| e.to_string())?;
-    db.dbname(&name);
-    let base = config
-        .database_url
-        .rsplit_once('/')
-        .map(|(b, _)| b)
-        .unwrap_or(&config.database_url);
-    let database_url = format!("{base}/{name}");
+    // The configured server, user and options, with the demo's own database.
+    let mut url = url::Url::parse(&config.database_url)
+        .map_err(|e| format!("DATABASE_URL is not a URL: {e}"))?;
+    url.set_path(&name);
+    let database_url = url.to_string();
     let mut settings = config.worker_settings();
     settings.database_url = database_url.clone();
     settings.retry_policy = RetryPolicy::new(
@@ -48,7 +44,8 @@ pub async fn run(config: &Config) -> Result<(), String> {
 async fn demo(settings: &webhookd_worker::WorkerSettings) -> Result<(), String> {
     println!(
         "webhookd demo: database {}, queues {}.*\n",
-        settings.database_url, settings.topology.prefix
+        crate::config::redact_url(&settings.database_url),
+        settings.topology.prefix
     );
     let receiver = start_receiver().await?;
     let worker = Arc::new(

@@ -1,19 +1,19 @@
 //! Log output: JSON lines for log collectors (the default when stdout is not a terminal), readable text
-//! for terminals; `RUST_LOG` filters (default `info`).
+//! for terminals; `RUST_LOG` filters (default `info`). Both are checked with the rest of the configuration.
 
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber per `LOG_FORMAT` (`json` or `text`) and `RUST_LOG`. Services log to
-/// stdout; one-shot commands whose stdout is their answer (`publish`, `token`) log to stderr.
-pub fn init(to_stderr: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = match std::env::var("LOG_FORMAT").ok().as_deref() {
-        Some("json") => true,
-        Some("text") => false,
-        _ => !std::io::stdout().is_terminal(),
-    };
+use crate::config::Config;
+
+/// Installs the global subscriber per `LOG_FORMAT` and `RUST_LOG`. Services log to stdout; one-shot
+/// commands (`publish`, `token`, whose stdout is their answer, and `migrate`) log to stderr.
+pub fn init(config: &Config, to_stderr: bool) {
+    let filter = EnvFilter::try_new(&config.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = config
+        .log_json
+        .unwrap_or_else(|| !std::io::stdout().is_terminal());
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let result = match (json, to_stderr) {
         (true, false) => builder

@@ -65,7 +65,7 @@ enum TokenCommand {
 #[derive(clap::Args)]
 struct PublishArgs {
     /// A whole version-1 envelope as JSON, or `-` to read it from stdin (then no other flag is needed).
-    #[arg(long, conflicts_with_all = ["organization", "action", "project", "payload"])]
+    #[arg(long, conflicts_with_all = ["organization", "action", "project", "payload", "id"])]
     event: Option<String>,
     /// Organization id.
     #[arg(long, required_unless_present = "event")]
@@ -93,10 +93,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    logging::init(matches!(
-        cli.command,
-        Command::Publish(_) | Command::Token(_) | Command::Migrate
-    ));
+    logging::init(
+        &config,
+        matches!(
+            cli.command,
+            Command::Publish(_) | Command::Token(_) | Command::Migrate
+        ),
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
