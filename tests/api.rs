@@ -863,7 +863,6 @@ async fn a_rotated_secret_keeps_signing_alongside_the_new_one() {
 async fn http_ingest_publishes_with_confirm_and_an_idempotency_key_publishes_once() {
     let env = TestEnv::new(|s| s.prefetch = 1).await;
     let api = env.start_api(|_| {}).await;
-    let worker = env.start_worker().await;
     let rx = Receiver::start().await;
     let t = env.token(1).await;
     let t = Some(t.as_str());
@@ -897,12 +896,18 @@ async fn http_ingest_publishes_with_confirm_and_an_idempotency_key_publishes_onc
         .await;
     assert_eq!((s1, s2), (202, 202), "{first} {second}");
     assert_eq!(first["id"], second["id"]);
+    // No worker runs yet, so the queue shows what was published (the worker would also drop a repeated id).
+    assert_eq!(
+        env.queued_events().await,
+        1,
+        "the same Idempotency-Key published once"
+    );
     let (s3, third) = api.call("POST", "/api/events/", t, Some(&event)).await;
     assert_eq!(s3, 202);
     assert_ne!(third["id"], first["id"]);
-    // prefetch = 1: once the third event is delivered, the second was handled before it.
+    assert_eq!(env.queued_events().await, 2);
+    let worker = env.start_worker().await;
     let got = rx.wait_for("/in", 2, DEADLINE).await;
-    assert_eq!(got.len(), 2, "the same Idempotency-Key published once");
     assert_eq!(got[0].json()["annotation"]["id"], 1);
 
     // A key whose publish was never confirmed (say the API crashed) publishes again, under its first id.

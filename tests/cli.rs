@@ -15,32 +15,30 @@ use webhookd_store::webhooks::NewWebhook;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_setting_stops_start_up_naming_the_variable() {
-    let out = Command::new(env!("CARGO_BIN_EXE_webhookd"))
-        .arg("worker")
-        .env("WEBHOOK_TIMEOUT", "soon")
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr
-            .contains("WEBHOOK_TIMEOUT=\"soon\" is invalid: expected a positive number of seconds"),
-        "{stderr}"
-    );
-    // Logging settings too: a mistyped format would otherwise silently pick one.
-    let out = Command::new(env!("CARGO_BIN_EXE_webhookd"))
-        .arg("worker")
-        .env("LOG_FORMAT", "jsn")
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("LOG_FORMAT=\"jsn\" is invalid: expected json or text"),
-        "{stderr}"
-    );
+    let cases = [
+        (
+            "WEBHOOK_TIMEOUT",
+            "soon",
+            "WEBHOOK_TIMEOUT=\"soon\" is invalid: expected a positive number of seconds",
+        ),
+        // Logging settings too: a mistyped format would otherwise silently pick one.
+        (
+            "LOG_FORMAT",
+            "jsn",
+            "LOG_FORMAT=\"jsn\" is invalid: expected json or text",
+        ),
+    ];
+    for (var, value, message) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_webhookd"))
+            .arg("worker")
+            .env(var, value)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(message), "{stderr}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -158,8 +158,10 @@ impl Drop for Stream {
     fn drop(&mut self) {
         // Workers are gone by now; give a killed one a moment to vanish before its vhost does.
         std::thread::sleep(Duration::from_millis(300));
-        if !std::thread::panicking() {
-            // The warnings are kept only to explain a failure.
+        // The warnings are kept only to explain a failure.
+        if std::thread::panicking() {
+            eprintln!("worker warnings: {}", log_path(&self.name).display());
+        } else {
             let _ = std::fs::remove_file(log_path(&self.name));
         }
         let url = format!("{PG_BASE}/{}", self.name);
@@ -325,7 +327,7 @@ async fn receiver_down_for_ten_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_stream_exits_zero_within_the_grace_period() {
     let _serial = SERIAL.lock().await;
-    let s = Stream::new("term").await;
+    let s = Stream::new("sigterm").await;
     let mut worker = s.worker(postgres(), rabbit());
     let fault = async {
         s.reached(0.3).await;

@@ -388,3 +388,86 @@ async fn an_unresponsive_webhook_goes_to_the_slow_lane_and_stops_holding_acks() 
     assert_eq!(rx.requests("/stuck").len(), 20);
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inline_attempt_unanswered_at_half_the_timeout_is_handed_over_to_the_retry_queue() {
+    let env = TestEnv::new(|_| {}).await; // timeout 1 s, schedule 0.2 s, 0.4 s
+    let rx = Receiver::start().await;
+    rx.script("/stuck", |_| (200, vec![], Duration::from_secs(5)));
+    let (stuck, _) = env
+        .webhook(NewWebhook::new(1, None, rx.url("/stuck")))
+        .await;
+    env.webhook(NewWebhook::new(1, None, rx.url("/healthy")))
+        .await;
+    let worker = env.start_worker().await;
+    env.publish(&event(1)).await;
+    rx.wait_for("/healthy", 1, DEADLINE).await;
+    let rows = wait_rows(&env, stuck, 3).await;
+    let summary: Vec<(i32, &str, Option<&str>)> = rows
+        .iter()
+        .map(|r| (r.0, r.1.as_str(), r.3.as_deref()))
+        .collect();
+    assert_eq!(
+        summary[0],
+        (
+            1,
+            "failed",
+            Some("no answer within 500 ms; handed over to the slow lane")
+        )
+    );
+    // From the retry queue the attempts get the whole timeout.
+    assert_eq!((summary[1].0, summary[1].1), (2, "failed"));
+    assert_eq!((summary[2].0, summary[2].1), (3, "dead"));
+    assert!(summary[1..]
+        .iter()
+        .all(|r| r.2.unwrap_or("").starts_with("timeout")));
+    let failures = env
+        .query(
+            "SELECT consecutive_failures FROM webhooks WHERE id = $1",
+            &[&stuck],
+        )
+        .await;
+    assert_eq!(
+        failures[0].get::<_, i32>(0),
+        2,
+        "a hand-over is not a verdict on the receiver"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_tasks_that_cannot_be_made_end_with_their_reason() {
+    let env = TestEnv::new(|_| {}).await;
+    let rx = Receiver::start().await;
+    let (id, _) = env.webhook(NewWebhook::new(1, None, rx.url("/h"))).await;
+    let worker = env.start_worker().await;
+    env.publish_retry(b"{not a task").await;
+    let pruned = uuid::Uuid::new_v4();
+    let task = json!({"event_id": pruned, "webhook_id": id, "chunk": 0, "attempt": 2,
+        "due_at_ms": webhookd_broker::retry_task::now_ms()});
+    env.publish_retry(task.to_string().as_bytes()).await;
+    // An event pruned while its retry waited: the delivery is closed in the log, as dead, with the reason.
+    let rows = wait_rows(&env, id, 1).await;
+    assert_eq!(
+        (rows[0].0, rows[0].1.as_str(), rows[0].3.clone()),
+        (
+            2,
+            "dead",
+            Some(format!("event {pruned} is no longer stored"))
+        )
+    );
+    // A task that is not one at all goes to the dead-letter queue with the reason.
+    let dead = wait_for("the malformed task dead-lettered", DEADLINE, || async {
+        let dead = env.drain_dead_letters().await;
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    assert_eq!(dead[0].0, "{not a task");
+    assert!(
+        dead[0].1.starts_with("retry task is not valid: "),
+        "{}",
+        dead[0].1
+    );
+    assert!(rx.requests("/h").is_empty());
+    worker.stop().await;
+}

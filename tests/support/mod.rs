@@ -198,6 +198,14 @@ impl TestEnv {
             .expect("publish confirmed");
     }
 
+    /// Puts `body` on the retry queue, as a worker puts a retry task that is due.
+    pub async fn publish_retry(&self, body: &[u8]) {
+        self.publisher
+            .publish_json("", &self.topology.retry_queue(), body, None, None)
+            .await
+            .expect("publish confirmed");
+    }
+
     /// Log rows as (webhook_id, attempt, outcome, http_status, error), ordered by webhook and attempt.
     pub async fn attempts(&self) -> Vec<(i64, i32, String, Option<i16>, Option<String>)> {
         self.query(
@@ -222,6 +230,23 @@ impl TestEnv {
             (rows.len() >= n).then_some(rows)
         })
         .await
+    }
+
+    /// Messages waiting in the work queue (none is consumed while no worker runs).
+    pub async fn queued_events(&self) -> u32 {
+        self.publisher
+            .channel()
+            .queue_declare(
+                self.topology.work_queue().as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count()
     }
 
     /// Messages in the dead-letter queue, as (body, reason header).

@@ -1,4 +1,5 @@
-//! Webhooks: reading them as subscriptions for the worker's cache, and creating them.
+//! Webhooks: reading them as subscriptions for the worker's cache, and creating, listing, updating and
+//! deleting them and rotating their secrets for the API.
 
 use std::collections::BTreeSet;
 
