@@ -471,3 +471,56 @@ async fn retry_tasks_that_cannot_be_made_end_with_their_reason() {
     assert!(rx.requests("/h").is_empty());
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_write_made_again_after_a_lost_reply_counts_once() {
+    use webhookd_core::endpoint_health::HealthSignal;
+    use webhookd_store::delivery_log::{write_attempts, AttemptRow, Outcome};
+    let env = TestEnv::new(|_| {}).await;
+    let (id, _) = env
+        .webhook(NewWebhook::new(1, None, "http://127.0.0.1:9/h"))
+        .await;
+    let row = AttemptRow {
+        delivery_id: uuid::Uuid::new_v4(),
+        event_id: uuid::Uuid::new_v4(),
+        webhook_id: id,
+        organization: 1,
+        action: "PROJECT_DELETED".into(),
+        chunk: 0,
+        attempt: 1,
+        outcome: Outcome::Failed,
+        http_status: Some(500),
+        duration_ms: 3,
+        error: Some("HTTP 500 Internal Server Error".into()),
+        response_excerpt: None,
+        next_attempt_at: None,
+        health: Some(HealthSignal::Failure),
+    };
+    let mut client = env.pool.get().await.unwrap();
+    let write = uuid::Uuid::now_v7();
+    for _ in 0..2 {
+        write_attempts(&mut client, write, &[&row], 50)
+            .await
+            .unwrap();
+    }
+    let counted = || async {
+        let rows = rows_of(&env, id).await.len();
+        let failures = env
+            .query(
+                "SELECT consecutive_failures FROM webhooks WHERE id = $1",
+                &[&id],
+            )
+            .await[0]
+            .get::<_, i32>(0);
+        (rows, failures)
+    };
+    assert_eq!(
+        counted().await,
+        (1, 1),
+        "the second write of the same id changed nothing"
+    );
+    write_attempts(&mut client, uuid::Uuid::now_v7(), &[&row], 50)
+        .await
+        .unwrap();
+    assert_eq!(counted().await, (2, 2), "another write counts");
+}

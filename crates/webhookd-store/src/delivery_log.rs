@@ -72,18 +72,25 @@ pub struct Disabled {
 }
 
 /// Writes `rows` and updates the webhooks' `consecutive_failures` (turning off those that reach
-/// `max_consecutive_failures` when it is positive, and those that answered 410) in one transaction.
+/// `max_consecutive_failures` when it is positive, and those that answered 410) in one transaction, once
+/// per `write_id`: the same write made again (its first commit's reply was lost) changes nothing.
 pub async fn write_attempts(
     client: &mut Client,
+    write_id: Uuid,
     rows: &[&AttemptRow],
     max_consecutive_failures: i32,
 ) -> Result<Vec<Disabled>, StoreError> {
     let tx = client.transaction().await?;
-    if rows.is_empty() {
-        // A transaction that writes nothing commits without flushing the WAL; taking a transaction id
-        // makes this commit a synchronous one, which makes the (asynchronous) event claims before it
-        // durable before their messages are acked, also when every delivery was deferred.
-        tx.execute("SELECT pg_current_xact_id()", &[]).await?;
+    // Always a write, so the commit is a synchronous one even without rows: it also makes the event claims
+    // committed asynchronously before it durable before their messages are acked.
+    let first = tx
+        .execute(
+            "INSERT INTO log_writes (id) VALUES ($1) ON CONFLICT DO NOTHING",
+            &[&write_id],
+        )
+        .await?;
+    if first == 0 {
+        return Ok(Vec::new());
     }
     let col = |f: &dyn Fn(&AttemptRow) -> Uuid| rows.iter().map(|r| f(r)).collect::<Vec<Uuid>>();
     let delivery_ids = col(&|r| r.delivery_id);
@@ -175,6 +182,18 @@ pub async fn write_attempts(
     }
     tx.commit().await?;
     Ok(disabled)
+}
+
+/// Forgets the ids of log writes older than a day (a write is made again within seconds, not days).
+pub async fn forget_old_writes(
+    client: &impl tokio_postgres::GenericClient,
+) -> Result<u64, StoreError> {
+    Ok(client
+        .execute(
+            "DELETE FROM log_writes WHERE created_at < now() - interval '1 day'",
+            &[],
+        )
+        .await?)
 }
 
 /// One logged attempt, as the API shows it.

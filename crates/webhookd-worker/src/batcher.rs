@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::backoff_forever::database_backoff;
 use backoff::backoff::Backoff;
 use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
 use webhookd_store::StoreError;
 
 /// One kind of batched write.
@@ -17,10 +18,12 @@ pub trait Flush: Send + Sync + 'static {
     type Req: Send + 'static;
     /// What each caller gets back.
     type Resp: Send + 'static;
-    /// Writes `batch` in one go; returns one response per request, in order.
+    /// Writes `batch` in one go; returns one response per request, in order. `write_id` is the same when
+    /// the same batch is written again after a failure, so a writer can tell a commit it already made.
     fn flush(
         &self,
         batch: &[Self::Req],
+        write_id: Uuid,
     ) -> impl Future<Output = Result<Vec<Self::Resp>, StoreError>> + Send;
 }
 
@@ -84,8 +87,9 @@ async fn run<F: Flush>(
             }
         }
         let mut backoff = database_backoff();
+        let write_id = Uuid::now_v7();
         let resps = loop {
-            match flusher.flush(&reqs).await {
+            match flusher.flush(&reqs, write_id).await {
                 Ok(resps) => {
                     webhookd_metrics::DATABASE_UP.set(1);
                     break resps;

@@ -104,7 +104,8 @@ pub struct ClaimWriter(Pool);
 impl Flush for ClaimWriter {
     type Req = NewEvent;
     type Resp = Claim;
-    async fn flush(&self, batch: &[NewEvent]) -> Result<Vec<Claim>, StoreError> {
+    async fn flush(&self, batch: &[NewEvent], _: Uuid) -> Result<Vec<Claim>, StoreError> {
+        // Claims carry their own tokens, which tell a claim made again from another message's.
         let client = self.0.get().await?;
         events::claim_events(&**client, batch).await
     }
@@ -119,11 +120,20 @@ pub struct LogWriter {
 impl Flush for LogWriter {
     type Req = Vec<AttemptRow>;
     type Resp = ();
-    async fn flush(&self, batch: &[Vec<AttemptRow>]) -> Result<Vec<()>, StoreError> {
+    async fn flush(
+        &self,
+        batch: &[Vec<AttemptRow>],
+        write_id: Uuid,
+    ) -> Result<Vec<()>, StoreError> {
         let rows: Vec<&AttemptRow> = batch.iter().flatten().collect();
         let mut client = self.pool.get().await?;
-        let disabled =
-            delivery_log::write_attempts(&mut client, &rows, self.max_consecutive_failures).await?;
+        let disabled = delivery_log::write_attempts(
+            &mut client,
+            write_id,
+            &rows,
+            self.max_consecutive_failures,
+        )
+        .await?;
         webhookd_metrics::LOG_ROWS.inc_by(rows.len() as u64);
         webhookd_metrics::LOG_BATCH.observe(rows.len() as f64);
         for d in disabled {
@@ -167,7 +177,7 @@ impl Worker {
             settings.database_url.clone(),
             background.clone(),
         ));
-        tokio::spawn(maintain_partitions(pool.clone(), background.clone()));
+        tokio::spawn(maintain_log(pool.clone(), background.clone()));
         let shared = Shared {
             dispatcher: Dispatcher::new(
                 settings.timeout,
@@ -356,19 +366,22 @@ async fn consume(
     Ok((channel, consumer))
 }
 
-/// Creates tomorrow's delivery-log partitions ahead of time, hourly.
-async fn maintain_partitions(pool: Pool, stop: CancellationToken) {
+/// Hourly upkeep of the delivery log: creates tomorrow's partitions ahead of time and forgets old write ids.
+async fn maintain_log(pool: Pool, stop: CancellationToken) {
     let mut hourly = tokio::time::interval(Duration::from_secs(3600));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = hourly.tick() => {
                 let result = match pool.get().await {
-                    Ok(client) => migrate::ensure_log_partitions(&client).await,
+                    Ok(client) => match migrate::ensure_log_partitions(&client).await {
+                        Ok(()) => delivery_log::forget_old_writes(&**client).await.map(drop),
+                        Err(e) => Err(e),
+                    },
                     Err(e) => Err(e.into()),
                 };
                 if let Err(e) = result {
-                    tracing::warn!(error = %e, "could not create delivery-log partitions");
+                    tracing::warn!(error = %e, "delivery-log upkeep failed; next try in an hour");
                 }
             }
         }

@@ -118,6 +118,7 @@ pub async fn test(
     };
     delivery_log::write_attempts(
         &mut client,
+        uuid::Uuid::now_v7(),
         &[&row],
         state.settings.max_consecutive_failures,
     )
