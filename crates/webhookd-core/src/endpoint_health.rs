@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::retry_policy::AttemptResult;
+
 /// What one attempt says about its webhook's health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HealthSignal {
@@ -11,6 +13,20 @@ pub enum HealthSignal {
     Failure,
     /// A 410 Gone: a failure that turns the webhook off at once.
     Gone,
+}
+
+impl HealthSignal {
+    /// What an attempt that ended with `result` says: nothing when nothing was sent, or no answer came yet.
+    pub fn of(result: AttemptResult) -> Option<Self> {
+        match result {
+            AttemptResult::Unsendable | AttemptResult::HandedOver => None,
+            AttemptResult::Status {
+                code: 200..=299, ..
+            } => Some(Self::Success),
+            AttemptResult::Status { code: 410, .. } => Some(Self::Gone),
+            AttemptResult::Status { .. } | AttemptResult::Transport => Some(Self::Failure),
+        }
+    }
 }
 
 /// The net effect of a batch of attempts on one webhook.
@@ -56,6 +72,21 @@ pub fn summarize(signals: impl IntoIterator<Item = (i64, HealthSignal)>) -> Vec<
 mod tests {
     use super::*;
     use HealthSignal::*;
+
+    #[test]
+    fn answers_say_success_failure_or_gone_and_no_answer_yet_says_nothing() {
+        let status = |code| AttemptResult::Status {
+            code,
+            retry_after: None,
+        };
+        assert_eq!(HealthSignal::of(status(204)), Some(Success));
+        assert_eq!(HealthSignal::of(status(500)), Some(Failure));
+        assert_eq!(HealthSignal::of(status(302)), Some(Failure));
+        assert_eq!(HealthSignal::of(status(410)), Some(Gone));
+        assert_eq!(HealthSignal::of(AttemptResult::Transport), Some(Failure));
+        assert_eq!(HealthSignal::of(AttemptResult::HandedOver), None);
+        assert_eq!(HealthSignal::of(AttemptResult::Unsendable), None);
+    }
 
     #[test]
     fn a_success_resets_and_later_failures_count() {

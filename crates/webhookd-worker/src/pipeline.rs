@@ -384,13 +384,7 @@ async fn attempt(
         }
         Verdict::Dead | Verdict::Gone => (Outcome::Dead, None),
     };
-    let health = match (verdict, report.result) {
-        // Not a verdict on the receiver: nothing was sent, or no answer yet (the next attempt tells).
-        (_, AttemptResult::Unsendable | AttemptResult::HandedOver) => None,
-        (Verdict::Succeeded, _) => Some(HealthSignal::Success),
-        (Verdict::Gone, _) => Some(HealthSignal::Gone),
-        _ => Some(HealthSignal::Failure),
-    };
+    let health = HealthSignal::of(report.result);
     log_attempt(
         webhook,
         event,

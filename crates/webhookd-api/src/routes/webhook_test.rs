@@ -49,10 +49,8 @@ pub async fn test(
 ) -> Result<Json<TestOutcome>, ApiError> {
     let id = parse_id(&id)?;
     let mut client = state.pool.get().await?;
-    let webhook = webhooks::load_subscriptions(&**client, Some(principal.organization))
+    let webhook = webhooks::load_subscription(&**client, principal.organization, id)
         .await?
-        .into_iter()
-        .find(|w| w.id == id)
         .ok_or(ApiError::NotFound)?;
     let event_id = EventId::new();
     let envelope = json!({"version": 1, "organization": principal.organization, "action": PING,
@@ -94,12 +92,7 @@ pub async fn test(
     } else {
         Outcome::Dead
     };
-    let health = match report.result {
-        AttemptResult::Unsendable | AttemptResult::HandedOver => None,
-        AttemptResult::Status { code: 410, .. } => Some(HealthSignal::Gone),
-        _ if succeeded => Some(HealthSignal::Success),
-        _ => Some(HealthSignal::Failure),
-    };
+    let health = HealthSignal::of(report.result);
     let row = AttemptRow {
         delivery_id: delivery_id.0,
         event_id: event_id.0,
