@@ -3,6 +3,7 @@
 
 use serde_json::{Map, Value};
 use webhookd_core::{Catalog, NetworkPolicy};
+use webhookd_store::webhooks::WebhookChanges;
 
 use crate::error::{ApiError, FieldErrors};
 
@@ -14,20 +15,10 @@ pub const MAX_HEADERS: usize = 10;
 /// The webhook fields a request sent, each parsed; absent fields are `None`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WebhookInput {
-    /// `project`: `Some(None)` is an explicit null.
+    /// `project`: `Some(None)` is an explicit null (set at creation only).
     pub project: Option<Option<i64>>,
-    /// `url`.
-    pub url: Option<String>,
-    /// `send_payload`.
-    pub send_payload: Option<bool>,
-    /// `send_for_all_actions`.
-    pub send_for_all_actions: Option<bool>,
-    /// `headers`.
-    pub headers: Option<Map<String, Value>>,
-    /// `is_active`.
-    pub is_active: Option<bool>,
-    /// `actions`.
-    pub actions: Option<Vec<String>>,
+    /// Every other field.
+    pub fields: WebhookChanges,
 }
 
 /// Parses a webhook body; every bad field is reported, as DRF does.
@@ -65,16 +56,19 @@ pub fn parse_webhook(body: &Value, catalog: &Catalog) -> Result<WebhookInput, Ap
             ),
             Some(s) => match url::Url::parse(s) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
-                    input.url = Some(s.to_owned())
+                    input.fields.url = Some(s.to_owned())
                 }
                 _ => fail("url", "Enter a valid URL.".into()),
             },
         }
     }
     for (field, slot) in [
-        ("send_payload", &mut input.send_payload),
-        ("send_for_all_actions", &mut input.send_for_all_actions),
-        ("is_active", &mut input.is_active),
+        ("send_payload", &mut input.fields.send_payload),
+        (
+            "send_for_all_actions",
+            &mut input.fields.send_for_all_actions,
+        ),
+        ("is_active", &mut input.fields.is_active),
     ] {
         if let Some(v) = obj.get(field) {
             match boolean(v) {
@@ -85,7 +79,7 @@ pub fn parse_webhook(body: &Value, catalog: &Catalog) -> Result<WebhookInput, Ap
     }
     if let Some(v) = obj.get("headers") {
         match headers(v) {
-            Some(h) => input.headers = Some(h),
+            Some(h) => input.fields.headers = Some(h),
             None => fail("headers", format!("{v} failed JSON schema check")),
         }
     }
@@ -104,7 +98,7 @@ pub fn parse_webhook(body: &Value, catalog: &Catalog) -> Result<WebhookInput, Ap
                 }
                 actions.sort();
                 actions.dedup();
-                input.actions = Some(actions);
+                input.fields.actions = Some(actions);
             }
             other => fail(
                 "actions",
@@ -241,12 +235,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(input.project, Some(Some(3)));
-        assert_eq!(input.send_payload, Some(false));
+        assert_eq!(input.fields.send_payload, Some(false));
         assert_eq!(
-            input.actions.unwrap(),
+            input.fields.actions.unwrap(),
             ["ANNOTATION_CREATED", "TASKS_CREATED"]
         );
-        assert_eq!(input.is_active, None);
+        assert_eq!(input.fields.is_active, None);
     }
 
     #[test]

@@ -132,6 +132,39 @@ impl NewWebhook {
             actions: Vec::new(),
         }
     }
+
+    /// This webhook with the fields `changes` sets (its URL too, if it sets one).
+    pub fn with(mut self, changes: WebhookChanges) -> Self {
+        let WebhookChanges {
+            url,
+            send_payload,
+            send_for_all_actions,
+            headers,
+            is_active,
+            actions,
+        } = changes;
+        self.url = url.unwrap_or(self.url);
+        self.send_payload = send_payload.unwrap_or(self.send_payload);
+        self.send_for_all_actions = send_for_all_actions.unwrap_or(self.send_for_all_actions);
+        self.headers = headers.unwrap_or(self.headers);
+        self.is_active = is_active.unwrap_or(self.is_active);
+        self.actions = actions.unwrap_or(self.actions);
+        self
+    }
+}
+
+impl From<NewWebhook> for WebhookChanges {
+    /// Changes that set every field to the webhook's (a full replacement).
+    fn from(w: NewWebhook) -> Self {
+        Self {
+            url: Some(w.url),
+            send_payload: Some(w.send_payload),
+            send_for_all_actions: Some(w.send_for_all_actions),
+            headers: Some(w.headers),
+            is_active: Some(w.is_active),
+            actions: Some(w.actions),
+        }
+    }
 }
 
 /// Creates the organization row if it does not exist.
@@ -358,7 +391,7 @@ async fn set_actions(
 }
 
 /// The fields an update sets; `None` leaves a field as it is.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct WebhookChanges {
     /// New URL.
     pub url: Option<String>,

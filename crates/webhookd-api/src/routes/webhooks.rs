@@ -5,9 +5,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use webhookd_store::webhooks::{
-    self, CreateError, NewWebhook, ProjectFilter, WebhookChanges, WebhookRecord,
-};
+use webhookd_store::webhooks::{self, CreateError, NewWebhook, ProjectFilter, WebhookRecord};
 
 use crate::error::ApiError;
 use crate::extract::{JsonBody, Principal};
@@ -109,23 +107,13 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Webhook>), ApiError> {
     let catalog = &state.settings.catalog;
     let input = parse_webhook(&body, catalog)?;
-    let Some(url) = input.url.clone() else {
+    if input.fields.url.is_none() {
         return Err(ApiError::field("url", "This field is required."));
-    };
-    let project = input.project.flatten();
-    let actions = input.actions.clone().unwrap_or_default();
-    check_actions_fit_project(project, &actions, catalog)?;
-    check_url_reachable(&url, &state.settings.network_policy).await?;
-    let new = NewWebhook {
-        organization: principal.organization,
-        project,
-        url,
-        send_payload: input.send_payload.unwrap_or(true),
-        send_for_all_actions: input.send_for_all_actions.unwrap_or(true),
-        headers: input.headers.unwrap_or_default(),
-        is_active: input.is_active.unwrap_or(true),
-        actions,
-    };
+    }
+    let new =
+        NewWebhook::new(principal.organization, input.project.flatten(), "").with(input.fields);
+    check_actions_fit_project(new.project, &new.actions, catalog)?;
+    check_url_reachable(&new.url, &state.settings.network_policy).await?;
     let mut client = state.pool.get().await?;
     let record = webhooks::create_webhook_limited(
         &mut client,
@@ -193,24 +181,15 @@ async fn update(
     let existing = webhooks::get_webhook(&**client, principal.organization, id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    let input = parse_webhook(&body, catalog)?;
-    let mut changes = WebhookChanges {
-        url: input.url,
-        send_payload: input.send_payload,
-        send_for_all_actions: input.send_for_all_actions,
-        headers: input.headers,
-        is_active: input.is_active,
-        actions: input.actions,
-    };
+    let mut changes = parse_webhook(&body, catalog)?.fields;
     if replace {
         if changes.url.is_none() {
             return Err(ApiError::field("url", "This field is required."));
         }
-        changes.send_payload.get_or_insert(true);
-        changes.send_for_all_actions.get_or_insert(true);
-        changes.headers.get_or_insert_with(Map::new);
-        changes.is_active.get_or_insert(true);
-        changes.actions.get_or_insert_with(Vec::new);
+        // A PUT sets every field: what it leaves out goes back to Label Studio's default.
+        changes = NewWebhook::new(principal.organization, existing.project, "")
+            .with(changes)
+            .into();
     }
     let actions = changes.actions.as_deref().unwrap_or(&existing.actions);
     check_actions_fit_project(existing.project, actions, catalog)?;
