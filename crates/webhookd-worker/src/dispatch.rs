@@ -184,9 +184,7 @@ impl Dispatcher {
             Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip),
             _ => return Ok(()),
         };
-        self.policy
-            .check(ip)
-            .map_err(|r| format!("blocked by SSRF protection: {r}"))
+        self.policy.check(ip).map_err(|r| format!("{BLOCKED}: {r}"))
     }
 
     fn headers(&self, attempt: &Attempt<'_>) -> Result<HeaderMap, String> {
@@ -272,6 +270,7 @@ pub fn describe(e: &reqwest::Error) -> String {
     }
     let detail = chain.join(": ");
     let lower = detail.to_ascii_lowercase();
+    // The resolver's refusal reaches us only as text: hyper wraps it without keeping its type.
     let kind = if lower.contains("which webhooks may not reach") {
         BLOCKED
     } else if e.is_timeout() {
