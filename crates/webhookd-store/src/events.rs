@@ -122,17 +122,6 @@ pub async fn claim_events(
     Ok(claims)
 }
 
-/// The stored envelope of event `id`, as JSON text.
-pub async fn load_event_body(
-    client: &impl GenericClient,
-    id: Uuid,
-) -> Result<Option<String>, StoreError> {
-    let row = client
-        .query_opt("SELECT body::text FROM events WHERE id = $1", &[&id])
-        .await?;
-    Ok(row.map(|r| r.get(0)))
-}
-
 /// What an `Idempotency-Key` has done so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyState {

@@ -83,7 +83,9 @@ impl Shared {
         let mut backoff = database_backoff();
         loop {
             let result = match self.pool.get().await {
-                Ok(client) => events::load_event_body(&**client, id).await,
+                Ok(client) => events::load_event(&**client, id)
+                    .await
+                    .map(|found| found.map(|(_, body)| body)),
                 Err(e) => Err(e.into()),
             };
             match result {
