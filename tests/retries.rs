@@ -29,7 +29,7 @@ type Row = (
 async fn rows_of(env: &TestEnv, webhook: i64) -> Vec<Row> {
     env.query(
         "SELECT attempt, outcome, http_status, error, next_attempt_at, delivery_id::text FROM delivery_attempts
-          WHERE webhook_id = $1 ORDER BY attempt",
+          WHERE webhook_id = $1 ORDER BY attempt, created_at, id",
         &[&webhook],
     )
     .await
@@ -280,14 +280,20 @@ async fn a_receiver_hitting_the_timeout_does_not_delay_the_others() {
         "fast deliveries took {:?}: held up by the 1 s timeout of the slow webhook",
         last - started
     );
-    let rows = wait_rows(&env, slow, 20).await;
+    // Each delivery was handed over at half the timeout, then made in full from the retry queue.
+    let rows = wait_rows(&env, slow, 40).await;
+    let (dead, handed_over): (Vec<&Row>, Vec<&Row>) = rows.iter().partition(|r| r.1 == "dead");
+    assert_eq!((dead.len(), handed_over.len()), (20, 20));
     assert!(
-        rows.iter()
-            .all(|r| r.3.as_deref().unwrap_or("").starts_with("timeout")),
+        dead.iter().all(|r| r.0 == 1
+            && r.2.is_none()
+            && r.3.as_deref().unwrap_or("").starts_with("timeout")),
         "{:?}",
-        rows[0]
+        dead[0]
     );
-    assert!(rows.iter().all(|r| r.1 == "dead" && r.2.is_none()));
+    assert!(handed_over
+        .iter()
+        .all(|r| r.3.as_deref().unwrap_or("").contains("handed over")));
     worker.stop().await;
 }
 
@@ -380,12 +386,27 @@ async fn an_unresponsive_webhook_goes_to_the_slow_lane_and_stops_holding_acks() 
         took < Duration::from_secs(5),
         "healthy deliveries took {took:?}: held up by the stuck webhook"
     );
-    // Every delivery to the stuck webhook is still attempted (from the retry queue) and logged.
-    let rows = wait_rows(&env, stuck, 20).await;
-    assert!(rows
+    // Every delivery to the stuck webhook is still attempted in full (from the retry queue) and logged;
+    // only the attempts begun before the webhook was known to be slow were handed over first.
+    let dead = wait_for(
+        "20 dead deliveries to the stuck webhook",
+        DEADLINE,
+        || async {
+            let rows = rows_of(&env, stuck).await;
+            (rows.iter().filter(|r| r.1 == "dead").count() == 20).then_some(rows)
+        },
+    )
+    .await;
+    let handed_over = dead.iter().filter(|r| r.1 == "failed").count();
+    assert!(
+        handed_over <= 2,
+        "only the first events in flight: {handed_over}"
+    );
+    assert!(dead
         .iter()
-        .all(|r| r.0 == 1 && r.3.as_deref().unwrap_or("").starts_with("timeout")));
-    assert_eq!(rx.requests("/stuck").len(), 20);
+        .all(|r| r.0 == 1
+            && (r.1 == "failed" || r.3.as_deref().unwrap_or("").starts_with("timeout"))));
+    assert_eq!(rx.requests("/stuck").len(), 20 + handed_over);
     worker.stop().await;
 }
 
@@ -402,7 +423,7 @@ async fn an_inline_attempt_unanswered_at_half_the_timeout_is_handed_over_to_the_
     let worker = env.start_worker().await;
     env.publish(&event(1)).await;
     rx.wait_for("/healthy", 1, DEADLINE).await;
-    let rows = wait_rows(&env, stuck, 3).await;
+    let rows = wait_rows(&env, stuck, 4).await;
     let summary: Vec<(i32, &str, Option<&str>)> = rows
         .iter()
         .map(|r| (r.0, r.1.as_str(), r.3.as_deref()))
@@ -415,12 +436,15 @@ async fn an_inline_attempt_unanswered_at_half_the_timeout_is_handed_over_to_the_
             Some("no answer within 500 ms; handed over to the slow lane")
         )
     );
-    // From the retry queue the attempts get the whole timeout.
-    assert_eq!((summary[1].0, summary[1].1), (2, "failed"));
-    assert_eq!((summary[2].0, summary[2].1), (3, "dead"));
+    // The hand-over does not count: attempt 1 is made again, from the retry queue, with the whole
+    // timeout, and the schedule (two retries) follows as for any receiver.
+    assert_eq!((summary[1].0, summary[1].1), (1, "failed"));
+    assert_eq!((summary[2].0, summary[2].1), (2, "failed"));
+    assert_eq!((summary[3].0, summary[3].1), (3, "dead"));
     assert!(summary[1..]
         .iter()
         .all(|r| r.2.unwrap_or("").starts_with("timeout")));
+    assert_eq!(rx.requests("/stuck").len(), 4);
     let failures = env
         .query(
             "SELECT consecutive_failures FROM webhooks WHERE id = $1",
@@ -429,8 +453,8 @@ async fn an_inline_attempt_unanswered_at_half_the_timeout_is_handed_over_to_the_
         .await;
     assert_eq!(
         failures[0].get::<_, i32>(0),
-        2,
-        "a hand-over is not a verdict on the receiver"
+        3,
+        "three timeouts; a hand-over is not a verdict on the receiver"
     );
     worker.stop().await;
 }
@@ -468,7 +492,62 @@ async fn retry_tasks_that_cannot_be_made_end_with_their_reason() {
         "{}",
         dead[0].1
     );
+    // A message of several tasks: each ends on its own. One with neither its event nor its webhook left
+    // cannot be logged for anyone, so it alone is dead-lettered, with its reason.
+    let (other, orphan) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let tasks = json!([
+        {"event_id": other, "webhook_id": id, "chunk": 0, "attempt": 3,
+         "due_at_ms": webhookd_broker::retry_task::now_ms()},
+        {"event_id": orphan, "webhook_id": 999_999, "chunk": 0, "attempt": 2,
+         "due_at_ms": webhookd_broker::retry_task::now_ms()},
+    ]);
+    env.publish_retry(tasks.to_string().as_bytes()).await;
+    let rows = wait_rows(&env, id, 2).await;
+    assert_eq!(
+        (rows[1].0, rows[1].1.as_str(), rows[1].3.clone()),
+        (
+            3,
+            "dead",
+            Some(format!("event {other} is no longer stored"))
+        )
+    );
+    let dead = wait_for("the orphan task dead-lettered", DEADLINE, || async {
+        let dead = env.drain_dead_letters().await;
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    let kept: serde_json::Value = serde_json::from_str(&dead[0].0).unwrap();
+    assert_eq!(kept, json!([tasks[1]]));
+    assert_eq!(dead[0].1, format!("event {orphan} is no longer stored"));
     assert!(rx.requests("/h").is_empty());
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_of_many_deliveries_travel_together_and_each_is_made() {
+    let env = TestEnv::new(|_| {}).await; // schedule 0.2 s, 0.4 s
+    let rx = Receiver::start().await;
+    // The 40 first attempts (made together: every event is queued before the worker starts, and the
+    // first retry waits at least 160 ms) fail; the retries, scheduled together, succeed.
+    rx.script("/once", |n| {
+        (if n < 40 { 503 } else { 200 }, vec![], Duration::ZERO)
+    });
+    let (id, _) = env.webhook(NewWebhook::new(1, None, rx.url("/once"))).await;
+    for n in 0..40 {
+        env.publish(&event(n)).await;
+    }
+    let worker = env.start_worker().await;
+    let rows = wait_for("40 deliveries succeeded", DEADLINE, || async {
+        let rows = rows_of(&env, id).await;
+        (rows.iter().filter(|r| r.1 == "succeeded").count() == 40).then_some(rows)
+    })
+    .await;
+    assert_eq!(rows.len(), 80);
+    assert!(rows
+        .iter()
+        .all(|r| (r.0, r.1.as_str()) == (1, "failed") || (r.0, r.1.as_str()) == (2, "succeeded")));
+    let ids: std::collections::HashSet<&str> = rows.iter().map(|r| r.5.as_str()).collect();
+    assert_eq!(ids.len(), 40);
     worker.stop().await;
 }
 

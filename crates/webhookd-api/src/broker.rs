@@ -65,7 +65,7 @@ impl Broker {
     /// Queues an attempt of a delivery, due now.
     pub async fn publish_retry(&self, task: &RetryTask) -> Result<(), PublishError> {
         let publisher = self.connect().await?;
-        let body = serde_json::to_vec(task).unwrap_or_default();
+        let body = webhookd_broker::retry_task::encode(std::slice::from_ref(task));
         let result = publisher
             .publish_json("", &self.topology.retry_queue(), &body, None, None)
             .await;

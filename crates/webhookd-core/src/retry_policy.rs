@@ -23,8 +23,8 @@ pub enum AttemptResult {
     Transport,
     /// The request could not be built (e.g. an invalid static header); trying again cannot help.
     Unsendable,
-    /// No answer yet at the slow lane's threshold: the attempt was given up to be made again at once from
-    /// the retry queue, where it may take the whole timeout.
+    /// No answer yet at the slow lane's threshold: the attempt was given up, to be made again at once from
+    /// the retry queue, where it may take the whole timeout. It does not count as one of the attempts.
     HandedOver,
 }
 
@@ -35,6 +35,9 @@ pub enum Verdict {
     Succeeded,
     /// Failed; try again after this wait.
     Retry(Duration),
+    /// Cut short before it could fail (handed over): the same attempt is made again at once, so the
+    /// schedule and the number of attempts are those of a receiver that was waited on.
+    Repeat,
     /// Failed for good: attempts exhausted or a failure not worth retrying.
     Dead,
     /// 410 Gone: failed for good, and the webhook must be turned off.
@@ -109,10 +112,7 @@ impl RetryPolicy {
                 retry_after
             }
             AttemptResult::Transport => None,
-            AttemptResult::HandedOver if attempt < self.max_attempts() => {
-                return Verdict::Retry(Duration::ZERO)
-            }
-            AttemptResult::HandedOver => return Verdict::Dead,
+            AttemptResult::HandedOver => return Verdict::Repeat,
         };
         let Some(base) = self
             .schedule
@@ -230,16 +230,22 @@ mod tests {
     }
 
     #[test]
-    fn a_handed_over_attempt_is_made_again_at_once_while_attempts_remain() {
+    fn a_handed_over_attempt_is_made_again_without_counting() {
         let p = policy();
         let mut rng = StdRng::seed_from_u64(7);
         assert_eq!(
             p.decide(1, AttemptResult::HandedOver, &mut rng),
-            Verdict::Retry(Duration::ZERO)
+            Verdict::Repeat
         );
         assert_eq!(
             p.decide(8, AttemptResult::HandedOver, &mut rng),
-            Verdict::Dead
+            Verdict::Repeat,
+            "even the last attempt is made in full"
+        );
+        let no_retries = RetryPolicy::new(Vec::new(), true);
+        assert_eq!(
+            no_retries.decide(1, AttemptResult::HandedOver, &mut rng),
+            Verdict::Repeat
         );
     }
 

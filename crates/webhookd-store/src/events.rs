@@ -191,3 +191,20 @@ pub async fn load_event(
         .await?;
     Ok(row.map(|r| (r.get(0), r.get(1))))
 }
+
+/// Reads the stored events among `ids`: (id, organization, body) of those that exist.
+pub async fn load_events(
+    client: &impl GenericClient,
+    ids: &[Uuid],
+) -> Result<Vec<(Uuid, i64, String)>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT id, organization, body::text FROM events WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}

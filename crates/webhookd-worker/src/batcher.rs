@@ -18,8 +18,9 @@ pub trait Flush: Send + Sync + 'static {
     type Req: Send + 'static;
     /// What each caller gets back.
     type Resp: Send + 'static;
-    /// Writes `batch` in one go; returns one response per request, in order. `write_id` is the same when
-    /// the same batch is written again after a failure, so a writer can tell a commit it already made.
+    /// Writes `batch` in one go; returns one response per request, in order. An error is retried with
+    /// backoff; `write_id` is the same when the same batch is written again after a failure, so a writer
+    /// can tell a commit it already made.
     fn flush(
         &self,
         batch: &[Self::Req],
@@ -90,13 +91,8 @@ async fn run<F: Flush>(
         let write_id = Uuid::now_v7();
         let resps = loop {
             match flusher.flush(&reqs, write_id).await {
-                Ok(resps) => {
-                    webhookd_metrics::DATABASE_UP.set(1);
-                    break resps;
-                }
+                Ok(resps) => break resps,
                 Err(e) => {
-                    webhookd_metrics::DATABASE_UP.set(0);
-                    webhookd_metrics::DB_WRITE_FAILURES.inc();
                     let wait = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
                     tracing::warn!(writer = name, error = %e, retry_in_ms = wait.as_millis() as u64,
                         "database write failed; retrying (nothing is acknowledged meanwhile)");

@@ -7,6 +7,7 @@ pub mod backoff_forever;
 pub mod batcher;
 pub mod dispatch;
 pub mod pipeline;
+pub mod retry_scheduler;
 pub mod settings;
 pub mod slow_lane;
 pub mod subscriptions;

@@ -2,6 +2,7 @@
 //! log rows and retry tasks → ack. A message is acknowledged only after its log rows are committed and
 //! its retry tasks confirmed by the broker; anything less and it is redelivered.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use chrono::{DateTime, Utc};
 use lapin::message::Delivery;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
-use webhookd_broker::retry_task::now_ms;
+use webhookd_broker::retry_task::{self, now_ms};
 use webhookd_broker::{ConfirmedPublisher, PublishError, RetryTask, Topology};
 use webhookd_core::body::{self, EventBodies};
 use webhookd_core::endpoint_health::HealthSignal;
@@ -21,6 +22,7 @@ use webhookd_store::events::NewEvent;
 use crate::acks::{Pending, Settle};
 use crate::batcher::Stopped;
 use crate::dispatch::{Attempt, AttemptReport};
+use crate::retry_scheduler::{RetryScheduler, ScheduleError};
 use crate::worker::{attempt_budget, Shared};
 use webhookd_metrics::Held;
 
@@ -31,35 +33,47 @@ const NACK_DELAY: Duration = Duration::from_secs(1);
 /// Why a message could not be finished; it is left for redelivery.
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
-    /// Publishing a retry task or a dead letter failed.
+    /// Publishing a dead letter failed.
     #[error(transparent)]
     Publish(#[from] PublishError),
+    /// Scheduling retry tasks failed.
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
     /// The worker is shutting down.
     #[error(transparent)]
     Stopped(#[from] Stopped),
 }
 
+/// What handlers send through their broker session.
+#[derive(Clone)]
+pub struct Outbox {
+    /// Dead letters go out one by one.
+    pub publisher: ConfirmedPublisher,
+    /// Retry tasks go out batched.
+    pub retries: RetryScheduler,
+}
+
 /// Handles one message from the work queue and acknowledges it when done.
 pub async fn handle_event(
     shared: Arc<Shared>,
-    publisher: ConfirmedPublisher,
+    outbox: Outbox,
     delivery: Delivery,
     pending: Pending,
 ) {
     let _held = Held::new(&webhookd_metrics::MESSAGES_IN_FLIGHT);
-    let result = process_event(&shared, &publisher, &delivery).await;
+    let result = process_event(&shared, &outbox, &delivery).await;
     settle(pending, result).await;
 }
 
-/// Handles one retry task from the retry queue and acknowledges it when done.
+/// Handles one message of retry tasks from the retry queue and acknowledges it when done.
 pub async fn handle_retry(
     shared: Arc<Shared>,
-    publisher: ConfirmedPublisher,
+    outbox: Outbox,
     delivery: Delivery,
     pending: Pending,
 ) {
     let _held = Held::new(&webhookd_metrics::MESSAGES_IN_FLIGHT);
-    let result = process_retry(&shared, &publisher, &delivery).await;
+    let result = process_retry(&shared, &outbox, &delivery).await;
     settle(pending, result).await;
 }
 
@@ -77,7 +91,7 @@ async fn settle(pending: Pending, result: Result<(), HandleError>) {
 
 async fn process_event(
     shared: &Shared,
-    publisher: &ConfirmedPublisher,
+    outbox: &Outbox,
     delivery: &Delivery,
 ) -> Result<(), HandleError> {
     let settings = &shared.settings;
@@ -85,7 +99,7 @@ async fn process_event(
         Ok(event) => event,
         Err(reason) => {
             consumed("malformed");
-            return dead_letter(publisher, &settings.topology, delivery, &reason.to_string()).await;
+            return dead_letter(outbox, &settings.topology, delivery, &reason.to_string()).await;
         }
     };
     // The stored envelope is the message itself unless webhookd had to fill in the id.
@@ -160,9 +174,7 @@ async fn process_event(
     let (event, bodies) = (&event, &bodies);
     let attempts = inline.iter().flat_map(|&webhook| {
         (0..bodies.len()).map(move |chunk| async move {
-            // Inline attempts share the worker's delivery slots; attempts made from the retry queue
-            // (the slow lane among them) are bounded by that queue's prefetch instead, so hanging
-            // receivers cannot take the slots healthy webhooks need.
+            // Inline attempts share the worker's delivery slots.
             let _slot = shared.delivery_slots.acquire().await.ok();
             // The webhook may have turned slow while this attempt waited for its turn.
             if shared.slow_lane.is_slow(webhook.id) {
@@ -190,7 +202,9 @@ async fn process_event(
     }
     drop(budget);
     // A deferred first attempt is logged when it is made, from the retry queue.
-    finish(shared, publisher, done, deferred).await?;
+    let deferrals = deferred.len() as u64;
+    finish(shared, outbox, done, deferred).await?;
+    webhookd_metrics::RETRIES_SCHEDULED.inc_by(deferrals);
     consumed("delivered");
     Ok(())
 }
@@ -203,82 +217,141 @@ fn consumed(result: &str) {
 
 async fn process_retry(
     shared: &Shared,
-    publisher: &ConfirmedPublisher,
+    outbox: &Outbox,
     delivery: &Delivery,
 ) -> Result<(), HandleError> {
-    let settings = &shared.settings;
-    let task: RetryTask = match serde_json::from_slice(&delivery.data) {
-        Ok(task) => task,
+    let topology = &shared.settings.topology;
+    let tasks = match retry_task::decode(&delivery.data) {
+        Ok(tasks) => tasks,
         Err(e) => {
             let reason = format!("retry task is not valid: {e}");
-            return dead_letter(publisher, &settings.topology, delivery, &reason).await;
+            return dead_letter(outbox, topology, delivery, &reason).await;
         }
     };
-    let remaining = Duration::from_millis((task.due_at_ms - now_ms()).max(0) as u64);
-    if let Some(rung) = settings.topology.rung_for(remaining) {
-        // Not due yet: one more step down the delay ladder.
-        let body = serde_json::to_vec(&task).unwrap_or_default();
-        let queue = settings.topology.delay_queue(rung);
-        publisher
-            .publish_json("", &queue, &body, None, None)
-            .await?;
-        return Ok(());
+    // Tasks not due yet take one more step down the delay ladder.
+    let now = now_ms();
+    let (later, due): (Vec<RetryTask>, Vec<RetryTask>) = tasks
+        .into_iter()
+        .partition(|t| topology.rung_for(remaining(t, now)).is_some());
+    let events = load_events(shared, &due).await?;
+    let webhooks = shared.cache.snapshot();
+    let attempts = due.iter().map(|task| {
+        let webhook = webhooks.get(task.webhook_id).cloned();
+        let event = events.get(&task.event_id);
+        async move {
+            // Less than one ladder step left: wait it out here so that no attempt is ever early.
+            tokio::time::sleep(remaining(task, now_ms())).await;
+            retry_attempt(shared, task, webhook.as_deref(), event).await
+        }
+    });
+    let mut done = Vec::new();
+    let mut unlogged = Vec::new();
+    for result in futures::future::join_all(attempts).await {
+        match result {
+            Ok(made) => done.push(made),
+            Err(lost) => unlogged.push(lost),
+        }
     }
-    // Less than one ladder step left: wait it out here so that no attempt is ever early.
-    tokio::time::sleep(remaining).await;
-    let webhook = shared.cache.snapshot().get(task.webhook_id).cloned();
-    let Some(stored) = shared.load_event(task.event_id).await? else {
-        let reason = format!("event {} is no longer stored", task.event_id);
-        return match webhook {
-            // Close the delivery in the log so that it does not stay "failed" forever.
-            Some(w) => {
-                finish(
-                    shared,
-                    publisher,
-                    vec![abandon_unknown_event(&w, &task, &reason)],
-                    Vec::new(),
-                )
-                .await
-            }
-            None => dead_letter(publisher, &settings.topology, delivery, &reason).await,
-        };
-    };
-    let event = match Event::parse(stored.as_bytes(), &settings.catalog) {
-        Ok(event) => event,
-        Err(e) => {
-            let reason = format!("stored event {} is no longer valid: {e}", task.event_id);
-            return dead_letter(publisher, &settings.topology, delivery, &reason).await;
+    if !unlogged.is_empty() {
+        // Nothing tells whose they were: kept as dead letters for an operator.
+        let (tasks, reasons): (Vec<RetryTask>, Vec<String>) = unlogged.into_iter().unzip();
+        let body = retry_task::encode(&tasks);
+        dead_letter_body(outbox, topology, delivery, &body, &reasons.join("; ")).await?;
+    }
+    finish(shared, outbox, done, later).await
+}
+
+/// The wait left before `task` is due, at `now_ms`.
+fn remaining(task: &RetryTask, now_ms: i64) -> Duration {
+    Duration::from_millis((task.due_at_ms - now_ms).max(0) as u64)
+}
+
+/// A stored event as the retry path needs it: parsed, with its bodies; or why it cannot be sent, with the
+/// organization it belongs to.
+type Loaded = Result<(Event, Vec<(Bytes, Bytes)>), (i64, String)>;
+
+/// Reads, parses and builds the events of `tasks` once each, in one query.
+async fn load_events(
+    shared: &Shared,
+    tasks: &[RetryTask],
+) -> Result<HashMap<uuid::Uuid, Loaded>, HandleError> {
+    let mut ids: Vec<uuid::Uuid> = tasks.iter().map(|t| t.event_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let stored = shared.load_events(&ids).await?;
+    Ok(stored
+        .into_iter()
+        .map(|(id, organization, body)| {
+            let loaded = match Event::parse(body.as_bytes(), &shared.settings.catalog) {
+                Ok(event) => {
+                    let bodies = build_bodies(shared, &event);
+                    Ok((event, bodies))
+                }
+                Err(e) => Err((
+                    organization,
+                    format!("stored event {id} is no longer valid: {e}"),
+                )),
+            };
+            (id, loaded)
+        })
+        .collect())
+}
+
+/// One task from the retry queue: its attempt, or the reason it will not be made (logged as dead); `Err`
+/// when there is no one to log it for.
+async fn retry_attempt(
+    shared: &Shared,
+    task: &RetryTask,
+    webhook: Option<&Subscription>,
+    event: Option<&Loaded>,
+) -> Result<(AttemptRow, Option<RetryTask>), (RetryTask, String)> {
+    let event_id = EventId(task.event_id);
+    let (event, bodies) = match (event, webhook) {
+        (Some(Ok(found)), _) => found,
+        (Some(Err((organization, reason))), _) => {
+            return Ok(dead_row(event_id, *organization, None, "", task, reason))
+        }
+        // Close the delivery in the log so that it does not stay "failed" forever.
+        (None, Some(w)) => {
+            let reason = format!("event {} is no longer stored", task.event_id);
+            return Ok(abandon_unknown_event(w, task, &reason));
+        }
+        (None, None) => {
+            let reason = format!("event {} is no longer stored", task.event_id);
+            return Err((task.clone(), reason));
         }
     };
-    let event_id = EventId(task.event_id);
-    let done = match webhook {
-        Some(webhook) if webhook.matches(event.organization, event.project_id, &event.action) => {
-            let bodies = build_bodies(shared, &event);
-            let chunk = (task.chunk as usize).min(bodies.len() - 1);
-            vec![
-                attempt(
+    let reason = match webhook {
+        Some(w) if w.matches(event.organization, event.project_id, &event.action) => {
+            if bodies.is_empty() {
+                "the event's action is no longer in the catalog"
+            } else {
+                // Attempts from the retry queue (the slow lane among them) have their own slots, so that
+                // hanging receivers cannot take those healthy webhooks need.
+                let _slot = shared.retry_slots.acquire().await.ok();
+                let chunk = (task.chunk as usize).min(bodies.len() - 1);
+                let made = attempt(
                     shared,
-                    &webhook,
-                    &event,
+                    w,
+                    event,
                     event_id,
                     chunk,
                     task.attempt,
-                    &bodies,
+                    bodies,
                     Mode::Retry,
                 )
-                .await,
-            ]
+                .await;
+                return Ok(made);
+            }
         }
-        Some(w) if !w.is_active => vec![abandon(&event, event_id, &task, "webhook is inactive")],
-        Some(_) => vec![abandon(
-            &event,
-            event_id,
-            &task,
-            "webhook no longer subscribes to this event",
-        )],
-        None => vec![abandon(&event, event_id, &task, "webhook was deleted")],
+        Some(w) if !w.is_active => "webhook is inactive",
+        Some(_) => "webhook no longer subscribes to this event",
+        None => "webhook was deleted",
     };
-    finish(shared, publisher, done, Vec::new()).await
+    Ok(abandon(event, event_id, task, reason))
 }
 
 fn build_bodies(shared: &Shared, event: &Event) -> Vec<(Bytes, Bytes)> {
@@ -354,11 +427,10 @@ async fn attempt(
     // is made at once from the retry queue, with the full timeout, and its event is not held any longer.
     let threshold = shared.slow_lane.threshold();
     let policy = &shared.settings.retry_policy;
-    let hand_over = mode == Mode::Inline && number < policy.max_attempts();
     let report = match tokio::time::timeout(threshold, &mut sending).await {
         Ok(report) => report,
         // `observe` below marks the webhook slow.
-        Err(_) if hand_over => handed_over(threshold),
+        Err(_) if mode == Mode::Inline => handed_over(threshold),
         Err(_) => {
             shared.slow_lane.mark(webhook.id);
             (&mut sending).await
@@ -369,19 +441,17 @@ async fn attempt(
         .slow_lane
         .observe(webhook.id, report.result, report.duration);
     let verdict = policy.decide(number, report.result, &mut rand::thread_rng());
+    let next = |attempt: u32, wait: Duration| RetryTask {
+        event_id: event_id.0,
+        webhook_id: webhook.id,
+        chunk: chunk as u32,
+        attempt,
+        due_at_ms: now_ms() + wait.as_millis() as i64,
+    };
     let (outcome, retry) = match verdict {
         Verdict::Succeeded => (Outcome::Succeeded, None),
-        Verdict::Retry(wait) => {
-            let due_at_ms = now_ms() + wait.as_millis() as i64;
-            let task = RetryTask {
-                event_id: event_id.0,
-                webhook_id: webhook.id,
-                chunk: chunk as u32,
-                attempt: number + 1,
-                due_at_ms,
-            };
-            (Outcome::Failed, Some(task))
-        }
+        Verdict::Retry(wait) => (Outcome::Failed, Some(next(number + 1, wait))),
+        Verdict::Repeat => (Outcome::Failed, Some(next(number, Duration::ZERO))),
         Verdict::Dead | Verdict::Gone => (Outcome::Dead, None),
     };
     let health = HealthSignal::of(report.result);
@@ -505,48 +575,43 @@ fn log_attempt(
     );
 }
 
-/// Commits the log rows and publishes the retry tasks (both must succeed before the ack).
+/// Commits the log rows and schedules the retry tasks: those the attempts asked for (counted as retries
+/// scheduled) and `moved`, tasks passed on without an attempt. Both must succeed before the ack.
 async fn finish(
     shared: &Shared,
-    publisher: &ConfirmedPublisher,
+    outbox: &Outbox,
     done: Vec<(AttemptRow, Option<RetryTask>)>,
-    deferred: Vec<RetryTask>,
+    moved: Vec<RetryTask>,
 ) -> Result<(), HandleError> {
     let (rows, retries): (Vec<AttemptRow>, Vec<Option<RetryTask>>) = done.into_iter().unzip();
-    let topology = &shared.settings.topology;
-    let tasks: Vec<RetryTask> = retries.into_iter().flatten().chain(deferred).collect();
-    // Confirms are awaited together, not one after another.
-    let publish =
-        futures::future::try_join_all(tasks.iter().map(|task| schedule(publisher, topology, task)));
-    let (written, published) = tokio::join!(shared.log.submit(rows), publish);
+    let retries: Vec<RetryTask> = retries.into_iter().flatten().collect();
+    let scheduled = retries.len() as u64;
+    let tasks: Vec<RetryTask> = retries.into_iter().chain(moved).collect();
+    let (written, published) =
+        tokio::join!(shared.log.submit(rows), outbox.retries.schedule(tasks));
     written?;
-    published.map(drop)
-}
-
-/// Puts a retry task on the delay ladder (or straight on the retry queue if it is due already).
-pub async fn schedule(
-    publisher: &ConfirmedPublisher,
-    topology: &Topology,
-    task: &RetryTask,
-) -> Result<(), HandleError> {
-    let remaining = Duration::from_millis((task.due_at_ms - now_ms()).max(0) as u64);
-    let queue = match topology.rung_for(remaining) {
-        Some(rung) => topology.delay_queue(rung),
-        None => topology.retry_queue(),
-    };
-    let body = serde_json::to_vec(task).unwrap_or_default();
-    publisher
-        .publish_json("", &queue, &body, None, None)
-        .await?;
-    webhookd_metrics::RETRIES_SCHEDULED.inc();
+    published?;
+    webhookd_metrics::RETRIES_SCHEDULED.inc_by(scheduled);
     Ok(())
 }
 
 /// Moves a message that can never be processed to the dead-letter queue, with the reason in a header.
 async fn dead_letter(
-    publisher: &ConfirmedPublisher,
+    outbox: &Outbox,
     topology: &Topology,
     delivery: &Delivery,
+    reason: &str,
+) -> Result<(), HandleError> {
+    dead_letter_body(outbox, topology, delivery, &delivery.data, reason).await
+}
+
+/// Dead-letters `body` (the whole message or the part of it that cannot be processed) with the
+/// properties of `delivery` and the reason in a header.
+async fn dead_letter_body(
+    outbox: &Outbox,
+    topology: &Topology,
+    delivery: &Delivery,
+    body: &[u8],
     reason: &str,
 ) -> Result<(), HandleError> {
     tracing::warn!(reason, routing_key = %delivery.routing_key, redelivered = delivery.redelivered,
@@ -576,8 +641,9 @@ async fn dead_letter(
     let props = kept_properties(&delivery.properties)
         .with_headers(headers)
         .with_delivery_mode(2);
-    publisher
-        .publish("", &topology.dead_queue(), &delivery.data, props)
+    outbox
+        .publisher
+        .publish("", &topology.dead_queue(), body, props)
         .await?;
     webhookd_metrics::DEAD_LETTERS.inc();
     Ok(())

@@ -27,7 +27,7 @@ pub struct WorkerSettings {
     pub max_consecutive_failures: i32,
     /// Events in flight (`WEBHOOKD_PREFETCH`).
     pub prefetch: u16,
-    /// Retry tasks in flight (`WEBHOOKD_RETRY_PREFETCH`).
+    /// Retry messages unacknowledged, and attempts from the retry queue at once (`WEBHOOKD_RETRY_PREFETCH`).
     pub retry_prefetch: u16,
     /// HTTP attempts in flight at once, across all messages (`WEBHOOKD_MAX_CONCURRENT_DELIVERIES`).
     pub max_concurrent_deliveries: usize,

@@ -22,7 +22,8 @@ use webhookd_store::{database, migrate, Pool, StoreError};
 use crate::acks::Acks;
 use crate::batcher::{Batcher, Flush};
 use crate::dispatch::Dispatcher;
-use crate::pipeline::{handle_event, handle_retry};
+use crate::pipeline::{handle_event, handle_retry, Outbox};
+use crate::retry_scheduler::RetryScheduler;
 use crate::settings::WorkerSettings;
 use crate::subscriptions::{keep_current, SubscriptionCache};
 
@@ -67,8 +68,11 @@ pub struct Shared {
     pub dispatcher: Dispatcher,
     /// Database connections.
     pub pool: Pool,
-    /// Bounds the HTTP attempts in flight, so a fan-out to many webhooks cannot open unbounded requests.
+    /// Bounds the inline HTTP attempts in flight, so a fan-out to many webhooks cannot open unbounded
+    /// requests.
     pub delivery_slots: tokio::sync::Semaphore,
+    /// Bounds the attempts made from the retry queue at once, apart from the inline ones.
+    pub retry_slots: tokio::sync::Semaphore,
     /// Bounds the inline attempts that exist at once, waiting or sending, so that the memory of a large
     /// fan-out does not grow with the prefetch (an event with more attempts than the whole budget waits
     /// for all of it).
@@ -78,26 +82,39 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Reads a stored event, waiting out database outages.
-    pub async fn load_event(&self, id: Uuid) -> Result<Option<String>, crate::batcher::Stopped> {
+    /// Reads stored events (id, organization, body; the ones that exist), waiting out database outages.
+    pub async fn load_events(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<Vec<(Uuid, i64, String)>, crate::batcher::Stopped> {
         let mut backoff = database_backoff();
         loop {
             let result = match self.pool.get().await {
-                Ok(client) => events::load_event(&**client, id)
-                    .await
-                    .map(|found| found.map(|(_, body)| body)),
+                Ok(client) => events::load_events(&**client, ids).await,
                 Err(e) => Err(e.into()),
             };
             match result {
-                Ok(body) => return Ok(body),
+                Ok(found) => return Ok(found),
                 Err(e) => {
                     let wait = backoff.next_backoff().unwrap_or(Duration::from_secs(5));
-                    tracing::warn!(error = %e, "reading an event failed; retrying");
+                    tracing::warn!(error = %e, "reading events failed; retrying");
                     tokio::time::sleep(wait).await;
                 }
             }
         }
     }
+}
+
+/// Records how a database write went in the health metrics.
+fn noted<T>(result: Result<T, StoreError>) -> Result<T, StoreError> {
+    match &result {
+        Ok(_) => webhookd_metrics::DATABASE_UP.set(1),
+        Err(_) => {
+            webhookd_metrics::DATABASE_UP.set(0);
+            webhookd_metrics::DB_WRITE_FAILURES.inc();
+        }
+    }
+    result
 }
 
 /// Writes event claims in batches.
@@ -108,8 +125,7 @@ impl Flush for ClaimWriter {
     type Resp = Claim;
     async fn flush(&self, batch: &[NewEvent], _: Uuid) -> Result<Vec<Claim>, StoreError> {
         // Claims carry their own tokens, which tell a claim made again from another message's.
-        let client = self.0.get().await?;
-        events::claim_events(&**client, batch).await
+        noted(async { events::claim_events(&**self.0.get().await?, batch).await }.await)
     }
 }
 
@@ -128,14 +144,19 @@ impl Flush for LogWriter {
         write_id: Uuid,
     ) -> Result<Vec<()>, StoreError> {
         let rows: Vec<&AttemptRow> = batch.iter().flatten().collect();
-        let mut client = self.pool.get().await?;
-        let disabled = delivery_log::write_attempts(
-            &mut client,
-            write_id,
-            &rows,
-            self.max_consecutive_failures,
-        )
-        .await?;
+        let disabled = noted(
+            async {
+                let mut client = self.pool.get().await?;
+                delivery_log::write_attempts(
+                    &mut client,
+                    write_id,
+                    &rows,
+                    self.max_consecutive_failures,
+                )
+                .await
+            }
+            .await,
+        )?;
         webhookd_metrics::LOG_ROWS.inc_by(rows.len() as u64);
         webhookd_metrics::LOG_BATCH.observe(rows.len() as f64);
         for d in disabled {
@@ -198,6 +219,7 @@ impl Worker {
             cache,
             pool,
             delivery_slots: tokio::sync::Semaphore::new(settings.max_concurrent_deliveries.max(1)),
+            retry_slots: tokio::sync::Semaphore::new(usize::from(settings.retry_prefetch.max(1))),
             attempt_budget: tokio::sync::Semaphore::new(attempt_budget(&settings)),
             slow_lane: crate::slow_lane::SlowLane::new(settings.timeout),
             settings,
@@ -254,6 +276,10 @@ impl Worker {
         let connection = webhookd_broker::connect(&settings.amqp_url, "webhookd-worker").await?;
         let publisher = ConfirmedPublisher::open(&connection).await?;
         settings.topology.declare(publisher.channel()).await?;
+        let outbox = Outbox {
+            retries: RetryScheduler::spawn(publisher.clone(), settings.topology.clone()),
+            publisher,
+        };
         let (events_channel, mut events) = consume(
             &connection,
             &settings.topology.work_queue(),
@@ -279,7 +305,7 @@ impl Worker {
                 next = events.next() => match next {
                     Some(Ok(d)) => {
                         let pending = event_acks.received(d.delivery_tag);
-                        tasks.spawn(handle_event(self.shared.clone(), publisher.clone(), d, pending));
+                        tasks.spawn(handle_event(self.shared.clone(), outbox.clone(), d, pending));
                     }
                     Some(Err(e)) => break Err(WorkerError::Broker(e)),
                     None => break Err(WorkerError::ConsumerClosed("events")),
@@ -287,7 +313,7 @@ impl Worker {
                 next = retries.next() => match next {
                     Some(Ok(d)) => {
                         let pending = retry_acks.received(d.delivery_tag);
-                        tasks.spawn(handle_retry(self.shared.clone(), publisher.clone(), d, pending));
+                        tasks.spawn(handle_retry(self.shared.clone(), outbox.clone(), d, pending));
                     }
                     Some(Err(e)) => break Err(WorkerError::Broker(e)),
                     None => break Err(WorkerError::ConsumerClosed("retries")),
