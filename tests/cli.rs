@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::receiver::Receiver;
-use support::TestEnv;
+use support::{envelope, TestEnv};
 use tokio::process::Command;
 use webhookd_client::{EmitError, Emitter};
 use webhookd_core::{ActionSpec, Catalog};
 use webhookd_store::webhooks::NewWebhook;
+
+const DEADLINE: Duration = Duration::from_secs(15);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_setting_stops_start_up_naming_the_variable() {
@@ -39,6 +41,52 @@ async fn a_bad_setting_stops_start_up_naming_the_variable() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(message), "{stderr}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_and_test_pings_do_not_go_through_a_proxy_from_the_environment() {
+    let env = TestEnv::new(|_| {}).await;
+    let rx = Receiver::start().await;
+    // A proxy would resolve and connect on webhookd's behalf, out of reach of the send-time SSRF check.
+    let proxy = Receiver::start().await;
+    let (id, _) = env
+        .webhook(NewWebhook::new(1, None, rx.url("/direct")))
+        .await;
+    let p = proxy.base.as_str();
+    let served = env
+        .serve(&[
+            ("HTTP_PROXY", p),
+            ("http_proxy", p),
+            ("HTTPS_PROXY", p),
+            ("https_proxy", p),
+            ("ALL_PROXY", p),
+            ("all_proxy", p),
+            ("NO_PROXY", ""),
+            ("no_proxy", ""),
+        ])
+        .await;
+    let t = env.token(1).await;
+    let (status, ping) = served
+        .api
+        .call("POST", &format!("/api/webhooks/{id}/test/"), Some(&t), None)
+        .await;
+    assert_eq!(
+        (status, ping["http_status"].clone()),
+        (200, json!(200)),
+        "{ping}"
+    );
+    assert_eq!(proxy.all().len(), 0, "the test ping went through the proxy");
+    assert_eq!(rx.requests("/direct").len(), 1);
+    env.publish(&envelope(
+        1,
+        "PROJECT_DELETED",
+        None,
+        json!({"project": {"id": 1}}),
+    ))
+    .await;
+    let got = rx.wait_for("/direct", 2, DEADLINE).await;
+    assert_eq!(got[1].json()["action"], "PROJECT_DELETED");
+    assert_eq!(proxy.all().len(), 0, "the delivery went through the proxy");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
