@@ -30,14 +30,8 @@ async fn webhooks_are_created_read_updated_and_deleted_as_in_label_studio() {
         )
         .await;
     assert_eq!(status, 201, "{hook}");
-    let keys: Vec<&str> = hook
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
     assert_eq!(
-        keys,
+        keys(&hook),
         [
             "id",
             "organization",
@@ -176,20 +170,59 @@ async fn webhooks_are_created_read_updated_and_deleted_as_in_label_studio() {
         .call("GET", &format!("/api/webhooks/{id}/"), t, None)
         .await;
     assert_eq!(status, 404);
-    for key in [
-        "id",
-        "status_code",
-        "version",
-        "detail",
-        "exc_info",
-        "validation_errors",
-    ] {
-        assert!(
-            gone.get(key).is_some(),
-            "error envelope lacks {key}: {gone}"
-        );
-    }
+    assert_envelope(&gone, 404);
     assert_eq!(gone["detail"], "Not found.");
+    // Updating a webhook that does not exist (deleted, never made, or not an id) is a 404 too.
+    for path in [
+        format!("/api/webhooks/{id}/"),
+        "/api/webhooks/999999/".to_owned(),
+        "/api/webhooks/abc/".to_owned(),
+    ] {
+        for (method, body) in [
+            ("PATCH", json!({"is_active": false})),
+            ("PUT", json!({"url": "http://127.0.0.1:9/put"})),
+        ] {
+            let (status, err) = api.call(method, &path, t, Some(&body)).await;
+            assert_eq!(
+                (status, err["detail"].clone()),
+                (404, json!("Not found.")),
+                "{method} {path}"
+            );
+            assert_envelope(&err, 404);
+        }
+    }
+    let (_, left) = api.call("GET", "/api/webhooks/", t, None).await;
+    assert_eq!(left, json!([org_hook]), "no update created a webhook");
+}
+
+/// The keys of a JSON object, in order.
+fn keys(v: &Value) -> Vec<&str> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .map(String::as_str)
+        .collect()
+}
+
+/// `err` is Label Studio's error envelope, with exactly its keys, for `status`.
+fn assert_envelope(err: &Value, status: u16) {
+    assert_eq!(
+        keys(err),
+        [
+            "id",
+            "status_code",
+            "version",
+            "detail",
+            "exc_info",
+            "validation_errors"
+        ],
+        "{err}"
+    );
+    assert_eq!(
+        (err["status_code"].clone(), err["exc_info"].clone()),
+        (json!(status), Value::Null),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,50 +236,96 @@ async fn every_validation_error_is_a_400_naming_the_field() {
         .await;
     let t = env.token(1).await;
     let t = Some(t.as_str());
-    let cases = [
-        (json!({}), "url", "This field is required."),
+    let eleven: serde_json::Map<String, Value> =
+        (0..11).map(|i| (format!("h{i}"), json!("v"))).collect();
+    let too_many_headers = format!("{} failed JSON schema check", Value::Object(eleven.clone()));
+    let long_url = format!("http://127.0.0.1/{}", "a".repeat(2048));
+    let cases: Vec<(Value, &str, String)> = vec![
+        (json!({}), "url", "This field is required.".into()),
         (
             json!({"url": "ftp://127.0.0.1/x"}),
             "url",
-            "Enter a valid URL.",
+            "Enter a valid URL.".into(),
         ),
-        (json!({"url": "not a url"}), "url", "Enter a valid URL."),
+        (
+            json!({"url": "not a url"}),
+            "url",
+            "Enter a valid URL.".into(),
+        ),
+        (
+            json!({"url": long_url}),
+            "url",
+            "Ensure this field has no more than 2048 characters.".into(),
+        ),
         (
             json!({"url": "http://127.0.0.1/x", "send_payload": "maybe"}),
             "send_payload",
-            "Must be a valid boolean.",
+            "Must be a valid boolean.".into(),
         ),
         (
             json!({"url": "http://127.0.0.1/x", "actions": ["TASK_CREATED"]}),
             "actions",
-            "\"TASK_CREATED\" is not a valid choice.",
+            "\"TASK_CREATED\" is not a valid choice.".into(),
+        ),
+        (
+            json!({"url": "http://127.0.0.1/x", "actions": "ANNOTATION_CREATED"}),
+            "actions",
+            "Expected a list of items but got type \"str\".".into(),
         ),
         (
             json!({"url": "http://127.0.0.1/x", "headers": {"bad key": "v"}}),
             "headers",
-            r#"{"bad key":"v"} failed JSON schema check"#,
+            r#"{"bad key":"v"} failed JSON schema check"#.into(),
         ),
         (
             json!({"url": "http://127.0.0.1/x", "headers": {"n": 1}}),
             "headers",
-            r#"{"n":1} failed JSON schema check"#,
+            r#"{"n":1} failed JSON schema check"#.into(),
+        ),
+        (
+            json!({"url": "http://127.0.0.1/x", "headers": eleven}),
+            "headers",
+            too_many_headers,
         ),
         (
             json!({"url": "http://127.0.0.1/x", "project": 3, "actions": ["PROJECT_CREATED"]}),
             "non_field_errors",
-            "Project webhook can't contain organization-only action.",
+            "Project webhook can't contain organization-only action.".into(),
+        ),
+        (
+            json!({"url": "http://127.0.0.1/x", "project": "abc"}),
+            "project",
+            "A valid integer is required.".into(),
+        ),
+        (
+            json!({"url": "http://127.0.0.1/x", "project": 0}),
+            "project",
+            "A valid integer is required.".into(),
+        ),
+        (
+            json!(["http://127.0.0.1/x"]),
+            "non_field_errors",
+            "Invalid data. Expected a dictionary, but got list.".into(),
+        ),
+        (
+            json!("http://127.0.0.1/x"),
+            "non_field_errors",
+            "Invalid data. Expected a dictionary, but got str.".into(),
         ),
     ];
     for (body, field, message) in cases {
         let (status, err) = api.call("POST", "/api/webhooks/", t, Some(&body)).await;
+        assert_envelope(&err, 400);
         assert_eq!(status, 400, "{body}");
         assert_eq!(err["detail"], "Validation error");
         assert_eq!(
-            err["validation_errors"][field],
-            json!([message]),
-            "{body}: {err}"
+            err["validation_errors"],
+            json!({ field: [message] }),
+            "{body}: only the bad field is named"
         );
     }
+    let (_, listed) = api.call("GET", "/api/webhooks/", t, None).await;
+    assert_eq!(listed, json!([]), "no refused body created a webhook");
     let (status, err) = api
         .call_with(
             "POST",
@@ -440,19 +519,7 @@ async fn ssrf_protection_refuses_internal_urls_unless_allowed() {
         let (status, err) = strict
             .call("POST", "/api/webhooks/", t, Some(&json!({"url": url})))
             .await;
-        assert_eq!(status, 400, "{url}");
-        let message = err["validation_errors"]["url"][0]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        assert!(
-            message.starts_with("URL resolves to a reserved network address"),
-            "{url}: {message}"
-        );
-        assert!(
-            message.contains(&format!(" {class} address")),
-            "{url}: {message}"
-        );
+        assert_ssrf_refused(status, &err, class, url);
     }
     let (status, err) = strict
         .call(
@@ -491,6 +558,52 @@ async fn ssrf_protection_refuses_internal_urls_unless_allowed() {
         )
         .await;
     assert_eq!(status, 400, "but nothing else");
+
+    // Updates are checked too: a PATCH or PUT to an internal URL is refused and changes nothing.
+    let (_, hook) = open
+        .call(
+            "POST",
+            "/api/webhooks/",
+            t,
+            Some(&json!({"url": "http://127.0.0.1:9/ok", "send_payload": false})),
+        )
+        .await;
+    let path = format!("/api/webhooks/{}/", hook["id"]);
+    for (method, body, class) in [
+        (
+            "PATCH",
+            json!({"url": "http://10.0.0.5/hook", "is_active": false}),
+            "private",
+        ),
+        (
+            "PUT",
+            json!({"url": "http://169.254.169.254/latest/meta-data"}),
+            "cloud-metadata",
+        ),
+        ("PATCH", json!({"url": "http://[::1]:9/ok"}), "loopback"),
+    ] {
+        let (status, err) = strict.call(method, &path, t, Some(&body)).await;
+        assert_ssrf_refused(status, &err, class, method);
+    }
+    let (_, after) = strict.call("GET", &path, t, None).await;
+    assert_eq!(after, hook, "a refused update changes nothing");
+}
+
+/// A 400 in Label Studio's envelope whose `url` error is the SSRF refusal of a `class` address.
+fn assert_ssrf_refused(status: u16, err: &Value, class: &str, context: &str) {
+    assert_eq!(status, 400, "{context}: {err}");
+    assert_envelope(err, 400);
+    let message = err["validation_errors"]["url"][0]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.starts_with("URL resolves to a reserved network address: "),
+        "{context}: {err}"
+    );
+    assert!(
+        message.contains(&format!(" {class} address")),
+        "{context}: {message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -906,6 +1019,38 @@ async fn http_ingest_publishes_with_confirm_and_an_idempotency_key_publishes_onc
     assert_eq!(s3, 202);
     assert_ne!(third["id"], first["id"]);
     assert_eq!(env.queued_events().await, 2);
+    // An unusable Idempotency-Key is a 400 naming the header, and nothing is published.
+    let too_long = "k".repeat(256);
+    for key in ["", too_long.as_str(), "clé"] {
+        let (status, err) = api
+            .call_with(
+                "POST",
+                "/api/events/",
+                t,
+                Some(event.to_string().into_bytes()),
+                &[("idempotency-key", key)],
+            )
+            .await;
+        assert_envelope(&err, 400);
+        assert_eq!(
+            (
+                status,
+                err["detail"].clone(),
+                err["validation_errors"].clone()
+            ),
+            (
+                400,
+                json!("The Idempotency-Key header must be 1 to 255 visible ASCII characters."),
+                json!({})
+            ),
+            "key {key:?}"
+        );
+    }
+    assert_eq!(
+        env.queued_events().await,
+        2,
+        "a refused key publishes nothing"
+    );
     let worker = env.start_worker().await;
     let got = rx.wait_for("/in", 2, DEADLINE).await;
     assert_eq!(got[0].json()["annotation"]["id"], 1);
