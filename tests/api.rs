@@ -496,6 +496,91 @@ async fn tokens_authenticate_and_organizations_cannot_see_each_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_organization_can_neither_read_nor_redeliver_a_delivery() {
+    let env = TestEnv::new(|s| s.retry_policy = RetryPolicy::new(Vec::new(), true)).await;
+    let api = env.start_api(|_| {}).await;
+    let rx = Receiver::start().await;
+    let (one, two) = (env.token(1).await, env.token(2).await);
+    let (_, hook) = api
+        .call(
+            "POST",
+            "/api/webhooks/",
+            Some(&one),
+            Some(&json!({"url": rx.url("/mine")})),
+        )
+        .await;
+    let worker = env.start_worker().await;
+    env.publish(&envelope(
+        1,
+        "PROJECT_DELETED",
+        None,
+        json!({"project": {"id": 1}}),
+    ))
+    .await;
+    rx.wait_for("/mine", 1, DEADLINE).await;
+    env.wait_for_attempts(1, DEADLINE).await;
+    // No worker from here on: a redelivery would wait in the retry queue, where it can be counted.
+    worker.stop().await;
+    let (_, page) = api
+        .call(
+            "GET",
+            &format!("/api/webhooks/{}/deliveries/", hook["id"]),
+            Some(&one),
+            None,
+        )
+        .await;
+    let delivery = page["results"][0]["delivery_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let plain = uuid::Uuid::parse_str(&delivery["msg_".len()..])
+        .unwrap()
+        .to_string();
+    for id in [&delivery, &plain] {
+        for (method, path) in [
+            ("GET", format!("/api/deliveries/{id}/")),
+            ("POST", format!("/api/deliveries/{id}/redeliver/")),
+        ] {
+            let (status, err) = api.call(method, &path, Some(&two), None).await;
+            assert_eq!(
+                (status, err["detail"].clone()),
+                (404, json!("Not found.")),
+                "{method} {path} with another organization's token"
+            );
+            assert_envelope(&err, 404);
+        }
+    }
+    assert_eq!(
+        env.queued_retries().await,
+        0,
+        "another organization's redeliver queued nothing"
+    );
+    assert_eq!(env.attempts().await.len(), 1);
+
+    // The owner's token reaches the same delivery, so the 404s above are the organization check.
+    let (status, detail) = api
+        .call(
+            "GET",
+            &format!("/api/deliveries/{delivery}/"),
+            Some(&one),
+            None,
+        )
+        .await;
+    assert_eq!((status, detail["id"].clone()), (200, json!(delivery)));
+    let (status, _) = api
+        .call(
+            "POST",
+            &format!("/api/deliveries/{delivery}/redeliver/"),
+            Some(&one),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(env.queued_retries().await, 1);
+    assert_eq!(rx.requests("/mine").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssrf_protection_refuses_internal_urls_unless_allowed() {
     let env = TestEnv::new(|_| {}).await;
     let strict = env
