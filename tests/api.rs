@@ -759,25 +759,8 @@ async fn test_ping_redeliver_and_recover_make_real_deliveries_and_log_rows() {
         json!({"tasks": [{"id": 1}]}),
     ))
     .await;
-    let dead = wait_for("a dead delivery", DEADLINE, || async {
-        let (_, page) = api
-            .call(
-                "GET",
-                &format!("/api/webhooks/{id}/deliveries/?status=dead"),
-                t,
-                None,
-            )
-            .await;
-        page["results"]
-            .as_array()
-            .filter(|r| !r.is_empty())
-            .map(|r| r[0].clone())
-    })
-    .await;
-    assert_eq!(
-        (dead["http_status"].clone(), dead["action"].clone()),
-        (json!(500), json!("TASKS_CREATED"))
-    );
+    let dead = dead_rows(&api, t, id, "TASKS_CREATED", 1).await.remove(0);
+    assert_eq!(dead["http_status"], json!(500));
     let delivery = dead["delivery_id"].as_str().unwrap().to_owned();
     let (status, queued) = api
         .call(
@@ -795,20 +778,14 @@ async fn test_ping_redeliver_and_recover_make_real_deliveries_and_log_rows() {
         "a redelivery keeps the delivery id"
     );
     assert_eq!(got[2].header("x-webhookd-attempt").as_deref(), Some("2"));
-    let detail = wait_for("the redelivery logged", DEADLINE, || async {
-        let (_, d) = api
-            .call("GET", &format!("/api/deliveries/{delivery}/"), t, None)
-            .await;
-        (d["attempts"].as_array().map(Vec::len) == Some(2)).then_some(d)
-    })
-    .await;
+    let detail = logged_attempts(&api, t, &delivery, 2).await;
     assert_eq!(detail["status"], "succeeded");
     assert_eq!(
         detail["request"]["body"],
         r#"{"action": "TASKS_CREATED", "tasks": [{"id": 1}], "project": {"id": 7}}"#
     );
 
-    // recover: everything that failed since a time goes out again.
+    // recover: everything that failed since a time goes out again, and each gets a new row in the log.
     rx.script("/hook", |n| {
         (if n == 3 { 503 } else { 200 }, vec![], Duration::ZERO)
     });
@@ -819,21 +796,8 @@ async fn test_ping_redeliver_and_recover_make_real_deliveries_and_log_rows() {
         json!({"tasks": [{"id": 1}]}),
     ))
     .await;
-    wait_for("the second dead delivery", DEADLINE, || async {
-        let (_, page) = api
-            .call(
-                "GET",
-                &format!("/api/webhooks/{id}/deliveries/?status=dead&action=TASKS_DELETED"),
-                t,
-                None,
-            )
-            .await;
-        page["results"]
-            .as_array()
-            .filter(|r| !r.is_empty())
-            .map(|_| ())
-    })
-    .await;
+    let lost = dead_rows(&api, t, id, "TASKS_DELETED", 1).await.remove(0);
+    let lost = lost["delivery_id"].as_str().unwrap().to_owned();
     let (status, err) = api
         .call(
             "POST",
@@ -846,18 +810,112 @@ async fn test_ping_redeliver_and_recover_make_real_deliveries_and_log_rows() {
         (status, err["validation_errors"]["since"].clone()),
         (400, json!(["This field is required."]))
     );
-    let (status, recovered) = api
-        .call(
-            "POST",
-            &format!("/api/webhooks/{id}/recover/"),
-            t,
-            Some(&json!({"since": "2000-01-01T00:00:00Z"})),
-        )
-        .await;
+    let recover = || {
+        let api = &api;
+        async move {
+            let since = json!({"since": "2000-01-01T00:00:00Z"});
+            let path = format!("/api/webhooks/{id}/recover/");
+            api.call("POST", &path, t, Some(&since)).await
+        }
+    };
+    let (status, recovered) = recover().await;
     assert_eq!((status, recovered["redelivered"].clone()), (202, json!(1)));
     let got = rx.wait_for("/hook", 5, DEADLINE).await;
     assert_eq!(got[4].json()["action"], "TASKS_DELETED");
+    assert_eq!(got[4].header("webhook-id").unwrap(), lost);
+    let detail = logged_attempts(&api, t, &lost, 2).await;
+    assert_eq!(
+        (
+            detail["status"].clone(),
+            detail["attempts"][1]["attempt"].clone(),
+            detail["attempts"][1]["http_status"].clone()
+        ),
+        (json!("succeeded"), json!(2), json!(200)),
+        "{detail}"
+    );
+    let (_, none) = recover().await;
+    assert_eq!(none["redelivered"], 0, "succeeded deliveries stay put");
+
+    // A failed delivery whose retry is pending (due, or overdue by less than a minute) is left to its retry, so
+    // that it is not sent twice; one whose retry is over a minute overdue is recovered.
+    rx.script("/hook", |n| {
+        (
+            if (5..8).contains(&n) { 500 } else { 200 },
+            vec![],
+            Duration::ZERO,
+        )
+    });
+    for n in 0..3 {
+        env.publish(&envelope(
+            1,
+            "ANNOTATION_CREATED",
+            Some(json!({"id": 7})),
+            json!({"annotation": {"id": n}, "task": {"id": 1}}),
+        ))
+        .await;
+    }
+    let rows = dead_rows(&api, t, id, "ANNOTATION_CREATED", 3).await;
+    for (row, due) in rows.iter().zip(["1 hour", "-30 seconds", "-2 minutes"]) {
+        env.execute(
+            "UPDATE delivery_attempts SET outcome = 'failed', next_attempt_at = now() + $2::text::interval
+              WHERE id = $1",
+            &[&row["id"].as_i64().unwrap(), &due],
+        )
+        .await;
+    }
+    let overdue = rows[2]["delivery_id"].as_str().unwrap().to_owned();
+    let (status, recovered) = recover().await;
+    assert_eq!((status, recovered["redelivered"].clone()), (202, json!(1)));
+    let got = rx.wait_for("/hook", 9, DEADLINE).await;
+    assert_eq!(got[8].header("webhook-id").unwrap(), overdue);
+    let detail = logged_attempts(&api, t, &overdue, 2).await;
+    assert_eq!(detail["status"], "succeeded", "{detail}");
+    for pending in &rows[..2] {
+        let pending = pending["delivery_id"].as_str().unwrap();
+        let (_, detail) = api
+            .call("GET", &format!("/api/deliveries/{pending}/"), t, None)
+            .await;
+        assert_eq!(
+            (
+                detail["status"].clone(),
+                detail["attempts"].as_array().unwrap().len()
+            ),
+            (json!("failed"), 1),
+            "a pending retry is not recovered: {detail}"
+        );
+    }
     worker.stop().await;
+}
+
+/// Waits until the log of webhook `id` holds `n` dead attempts of `action`; returns them, newest first.
+async fn dead_rows(
+    api: &support::api::TestApi,
+    t: Option<&str>,
+    id: i64,
+    action: &str,
+    n: usize,
+) -> Vec<Value> {
+    let path = format!("/api/webhooks/{id}/deliveries/?status=dead&action={action}");
+    wait_for(&format!("{n} dead {action} rows"), DEADLINE, || async {
+        let (_, page) = api.call("GET", &path, t, None).await;
+        page["results"].as_array().filter(|r| r.len() >= n).cloned()
+    })
+    .await
+}
+
+/// Waits until `delivery` has `n` attempts in the log; returns its detail.
+async fn logged_attempts(
+    api: &support::api::TestApi,
+    t: Option<&str>,
+    delivery: &str,
+    n: usize,
+) -> Value {
+    let path = format!("/api/deliveries/{delivery}/");
+    wait_for(&format!("{n} attempts of {delivery}"), DEADLINE, || async {
+        let (_, d) = api.call("GET", &path, t, None).await;
+        (d["attempts"].as_array().map(Vec::len) == Some(n)).then_some(d)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
