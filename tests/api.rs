@@ -30,14 +30,8 @@ async fn webhooks_are_created_read_updated_and_deleted_as_in_label_studio() {
         )
         .await;
     assert_eq!(status, 201, "{hook}");
-    let keys: Vec<&str> = hook
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
     assert_eq!(
-        keys,
+        keys(&hook),
         [
             "id",
             "organization",
@@ -176,20 +170,59 @@ async fn webhooks_are_created_read_updated_and_deleted_as_in_label_studio() {
         .call("GET", &format!("/api/webhooks/{id}/"), t, None)
         .await;
     assert_eq!(status, 404);
-    for key in [
-        "id",
-        "status_code",
-        "version",
-        "detail",
-        "exc_info",
-        "validation_errors",
-    ] {
-        assert!(
-            gone.get(key).is_some(),
-            "error envelope lacks {key}: {gone}"
-        );
-    }
+    assert_envelope(&gone, 404);
     assert_eq!(gone["detail"], "Not found.");
+    // Updating a webhook that does not exist (deleted, never made, or not an id) is a 404 too.
+    for path in [
+        format!("/api/webhooks/{id}/"),
+        "/api/webhooks/999999/".to_owned(),
+        "/api/webhooks/abc/".to_owned(),
+    ] {
+        for (method, body) in [
+            ("PATCH", json!({"is_active": false})),
+            ("PUT", json!({"url": "http://127.0.0.1:9/put"})),
+        ] {
+            let (status, err) = api.call(method, &path, t, Some(&body)).await;
+            assert_eq!(
+                (status, err["detail"].clone()),
+                (404, json!("Not found.")),
+                "{method} {path}"
+            );
+            assert_envelope(&err, 404);
+        }
+    }
+    let (_, left) = api.call("GET", "/api/webhooks/", t, None).await;
+    assert_eq!(left, json!([org_hook]), "no update created a webhook");
+}
+
+/// The keys of a JSON object, in order.
+fn keys(v: &Value) -> Vec<&str> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .map(String::as_str)
+        .collect()
+}
+
+/// `err` is Label Studio's error envelope, with exactly its keys, for `status`.
+fn assert_envelope(err: &Value, status: u16) {
+    assert_eq!(
+        keys(err),
+        [
+            "id",
+            "status_code",
+            "version",
+            "detail",
+            "exc_info",
+            "validation_errors"
+        ],
+        "{err}"
+    );
+    assert_eq!(
+        (err["status_code"].clone(), err["exc_info"].clone()),
+        (json!(status), Value::Null),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,50 +236,96 @@ async fn every_validation_error_is_a_400_naming_the_field() {
         .await;
     let t = env.token(1).await;
     let t = Some(t.as_str());
-    let cases = [
-        (json!({}), "url", "This field is required."),
+    let eleven: serde_json::Map<String, Value> =
+        (0..11).map(|i| (format!("h{i}"), json!("v"))).collect();
+    let too_many_headers = format!("{} failed JSON schema check", Value::Object(eleven.clone()));
+    let long_url = format!("http://127.0.0.1/{}", "a".repeat(2048));
+    let cases: Vec<(Value, &str, String)> = vec![
+        (json!({}), "url", "This field is required.".into()),
         (
             json!({"url": "ftp://127.0.0.1/x"}),
             "url",
-            "Enter a valid URL.",
+            "Enter a valid URL.".into(),
         ),
-        (json!({"url": "not a url"}), "url", "Enter a valid URL."),
+        (
+            json!({"url": "not a url"}),
+            "url",
+            "Enter a valid URL.".into(),
+        ),
+        (
+            json!({"url": long_url}),
+            "url",
+            "Ensure this field has no more than 2048 characters.".into(),
+        ),
         (
             json!({"url": "http://127.0.0.1/x", "send_payload": "maybe"}),
             "send_payload",
-            "Must be a valid boolean.",
+            "Must be a valid boolean.".into(),
         ),
         (
             json!({"url": "http://127.0.0.1/x", "actions": ["TASK_CREATED"]}),
             "actions",
-            "\"TASK_CREATED\" is not a valid choice.",
+            "\"TASK_CREATED\" is not a valid choice.".into(),
+        ),
+        (
+            json!({"url": "http://127.0.0.1/x", "actions": "ANNOTATION_CREATED"}),
+            "actions",
+            "Expected a list of items but got type \"str\".".into(),
         ),
         (
             json!({"url": "http://127.0.0.1/x", "headers": {"bad key": "v"}}),
             "headers",
-            r#"{"bad key":"v"} failed JSON schema check"#,
+            r#"{"bad key":"v"} failed JSON schema check"#.into(),
         ),
         (
             json!({"url": "http://127.0.0.1/x", "headers": {"n": 1}}),
             "headers",
-            r#"{"n":1} failed JSON schema check"#,
+            r#"{"n":1} failed JSON schema check"#.into(),
+        ),
+        (
+            json!({"url": "http://127.0.0.1/x", "headers": eleven}),
+            "headers",
+            too_many_headers,
         ),
         (
             json!({"url": "http://127.0.0.1/x", "project": 3, "actions": ["PROJECT_CREATED"]}),
             "non_field_errors",
-            "Project webhook can't contain organization-only action.",
+            "Project webhook can't contain organization-only action.".into(),
+        ),
+        (
+            json!({"url": "http://127.0.0.1/x", "project": "abc"}),
+            "project",
+            "A valid integer is required.".into(),
+        ),
+        (
+            json!({"url": "http://127.0.0.1/x", "project": 0}),
+            "project",
+            "A valid integer is required.".into(),
+        ),
+        (
+            json!(["http://127.0.0.1/x"]),
+            "non_field_errors",
+            "Invalid data. Expected a dictionary, but got list.".into(),
+        ),
+        (
+            json!("http://127.0.0.1/x"),
+            "non_field_errors",
+            "Invalid data. Expected a dictionary, but got str.".into(),
         ),
     ];
     for (body, field, message) in cases {
         let (status, err) = api.call("POST", "/api/webhooks/", t, Some(&body)).await;
+        assert_envelope(&err, 400);
         assert_eq!(status, 400, "{body}");
         assert_eq!(err["detail"], "Validation error");
         assert_eq!(
-            err["validation_errors"][field],
-            json!([message]),
-            "{body}: {err}"
+            err["validation_errors"],
+            json!({ field: [message] }),
+            "{body}: only the bad field is named"
         );
     }
+    let (_, listed) = api.call("GET", "/api/webhooks/", t, None).await;
+    assert_eq!(listed, json!([]), "no refused body created a webhook");
     let (status, err) = api
         .call_with(
             "POST",
@@ -417,6 +496,91 @@ async fn tokens_authenticate_and_organizations_cannot_see_each_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_organization_can_neither_read_nor_redeliver_a_delivery() {
+    let env = TestEnv::new(|s| s.retry_policy = RetryPolicy::new(Vec::new(), true)).await;
+    let api = env.start_api(|_| {}).await;
+    let rx = Receiver::start().await;
+    let (one, two) = (env.token(1).await, env.token(2).await);
+    let (_, hook) = api
+        .call(
+            "POST",
+            "/api/webhooks/",
+            Some(&one),
+            Some(&json!({"url": rx.url("/mine")})),
+        )
+        .await;
+    let worker = env.start_worker().await;
+    env.publish(&envelope(
+        1,
+        "PROJECT_DELETED",
+        None,
+        json!({"project": {"id": 1}}),
+    ))
+    .await;
+    rx.wait_for("/mine", 1, DEADLINE).await;
+    env.wait_for_attempts(1, DEADLINE).await;
+    // No worker from here on: a redelivery would wait in the retry queue, where it can be counted.
+    worker.stop().await;
+    let (_, page) = api
+        .call(
+            "GET",
+            &format!("/api/webhooks/{}/deliveries/", hook["id"]),
+            Some(&one),
+            None,
+        )
+        .await;
+    let delivery = page["results"][0]["delivery_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let plain = uuid::Uuid::parse_str(&delivery["msg_".len()..])
+        .unwrap()
+        .to_string();
+    for id in [&delivery, &plain] {
+        for (method, path) in [
+            ("GET", format!("/api/deliveries/{id}/")),
+            ("POST", format!("/api/deliveries/{id}/redeliver/")),
+        ] {
+            let (status, err) = api.call(method, &path, Some(&two), None).await;
+            assert_eq!(
+                (status, err["detail"].clone()),
+                (404, json!("Not found.")),
+                "{method} {path} with another organization's token"
+            );
+            assert_envelope(&err, 404);
+        }
+    }
+    assert_eq!(
+        env.queued_retries().await,
+        0,
+        "another organization's redeliver queued nothing"
+    );
+    assert_eq!(env.attempts().await.len(), 1);
+
+    // The owner's token reaches the same delivery, so the 404s above are the organization check.
+    let (status, detail) = api
+        .call(
+            "GET",
+            &format!("/api/deliveries/{delivery}/"),
+            Some(&one),
+            None,
+        )
+        .await;
+    assert_eq!((status, detail["id"].clone()), (200, json!(delivery)));
+    let (status, _) = api
+        .call(
+            "POST",
+            &format!("/api/deliveries/{delivery}/redeliver/"),
+            Some(&one),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(env.queued_retries().await, 1);
+    assert_eq!(rx.requests("/mine").len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssrf_protection_refuses_internal_urls_unless_allowed() {
     let env = TestEnv::new(|_| {}).await;
     let strict = env
@@ -440,19 +604,7 @@ async fn ssrf_protection_refuses_internal_urls_unless_allowed() {
         let (status, err) = strict
             .call("POST", "/api/webhooks/", t, Some(&json!({"url": url})))
             .await;
-        assert_eq!(status, 400, "{url}");
-        let message = err["validation_errors"]["url"][0]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        assert!(
-            message.starts_with("URL resolves to a reserved network address"),
-            "{url}: {message}"
-        );
-        assert!(
-            message.contains(&format!(" {class} address")),
-            "{url}: {message}"
-        );
+        assert_ssrf_refused(status, &err, class, url);
     }
     let (status, err) = strict
         .call(
@@ -491,6 +643,52 @@ async fn ssrf_protection_refuses_internal_urls_unless_allowed() {
         )
         .await;
     assert_eq!(status, 400, "but nothing else");
+
+    // Updates are checked too: a PATCH or PUT to an internal URL is refused and changes nothing.
+    let (_, hook) = open
+        .call(
+            "POST",
+            "/api/webhooks/",
+            t,
+            Some(&json!({"url": "http://127.0.0.1:9/ok", "send_payload": false})),
+        )
+        .await;
+    let path = format!("/api/webhooks/{}/", hook["id"]);
+    for (method, body, class) in [
+        (
+            "PATCH",
+            json!({"url": "http://10.0.0.5/hook", "is_active": false}),
+            "private",
+        ),
+        (
+            "PUT",
+            json!({"url": "http://169.254.169.254/latest/meta-data"}),
+            "cloud-metadata",
+        ),
+        ("PATCH", json!({"url": "http://[::1]:9/ok"}), "loopback"),
+    ] {
+        let (status, err) = strict.call(method, &path, t, Some(&body)).await;
+        assert_ssrf_refused(status, &err, class, method);
+    }
+    let (_, after) = strict.call("GET", &path, t, None).await;
+    assert_eq!(after, hook, "a refused update changes nothing");
+}
+
+/// A 400 in Label Studio's envelope whose `url` error is the SSRF refusal of a `class` address.
+fn assert_ssrf_refused(status: u16, err: &Value, class: &str, context: &str) {
+    assert_eq!(status, 400, "{context}: {err}");
+    assert_envelope(err, 400);
+    let message = err["validation_errors"]["url"][0]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.starts_with("URL resolves to a reserved network address: "),
+        "{context}: {err}"
+    );
+    assert!(
+        message.contains(&format!(" {class} address")),
+        "{context}: {message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -561,25 +759,8 @@ async fn test_ping_redeliver_and_recover_make_real_deliveries_and_log_rows() {
         json!({"tasks": [{"id": 1}]}),
     ))
     .await;
-    let dead = wait_for("a dead delivery", DEADLINE, || async {
-        let (_, page) = api
-            .call(
-                "GET",
-                &format!("/api/webhooks/{id}/deliveries/?status=dead"),
-                t,
-                None,
-            )
-            .await;
-        page["results"]
-            .as_array()
-            .filter(|r| !r.is_empty())
-            .map(|r| r[0].clone())
-    })
-    .await;
-    assert_eq!(
-        (dead["http_status"].clone(), dead["action"].clone()),
-        (json!(500), json!("TASKS_CREATED"))
-    );
+    let dead = dead_rows(&api, t, id, "TASKS_CREATED", 1).await.remove(0);
+    assert_eq!(dead["http_status"], json!(500));
     let delivery = dead["delivery_id"].as_str().unwrap().to_owned();
     let (status, queued) = api
         .call(
@@ -597,20 +778,14 @@ async fn test_ping_redeliver_and_recover_make_real_deliveries_and_log_rows() {
         "a redelivery keeps the delivery id"
     );
     assert_eq!(got[2].header("x-webhookd-attempt").as_deref(), Some("2"));
-    let detail = wait_for("the redelivery logged", DEADLINE, || async {
-        let (_, d) = api
-            .call("GET", &format!("/api/deliveries/{delivery}/"), t, None)
-            .await;
-        (d["attempts"].as_array().map(Vec::len) == Some(2)).then_some(d)
-    })
-    .await;
+    let detail = logged_attempts(&api, t, &delivery, 2).await;
     assert_eq!(detail["status"], "succeeded");
     assert_eq!(
         detail["request"]["body"],
         r#"{"action": "TASKS_CREATED", "tasks": [{"id": 1}], "project": {"id": 7}}"#
     );
 
-    // recover: everything that failed since a time goes out again.
+    // recover: everything that failed since a time goes out again, and each gets a new row in the log.
     rx.script("/hook", |n| {
         (if n == 3 { 503 } else { 200 }, vec![], Duration::ZERO)
     });
@@ -621,21 +796,8 @@ async fn test_ping_redeliver_and_recover_make_real_deliveries_and_log_rows() {
         json!({"tasks": [{"id": 1}]}),
     ))
     .await;
-    wait_for("the second dead delivery", DEADLINE, || async {
-        let (_, page) = api
-            .call(
-                "GET",
-                &format!("/api/webhooks/{id}/deliveries/?status=dead&action=TASKS_DELETED"),
-                t,
-                None,
-            )
-            .await;
-        page["results"]
-            .as_array()
-            .filter(|r| !r.is_empty())
-            .map(|_| ())
-    })
-    .await;
+    let lost = dead_rows(&api, t, id, "TASKS_DELETED", 1).await.remove(0);
+    let lost = lost["delivery_id"].as_str().unwrap().to_owned();
     let (status, err) = api
         .call(
             "POST",
@@ -648,18 +810,112 @@ async fn test_ping_redeliver_and_recover_make_real_deliveries_and_log_rows() {
         (status, err["validation_errors"]["since"].clone()),
         (400, json!(["This field is required."]))
     );
-    let (status, recovered) = api
-        .call(
-            "POST",
-            &format!("/api/webhooks/{id}/recover/"),
-            t,
-            Some(&json!({"since": "2000-01-01T00:00:00Z"})),
-        )
-        .await;
+    let recover = || {
+        let api = &api;
+        async move {
+            let since = json!({"since": "2000-01-01T00:00:00Z"});
+            let path = format!("/api/webhooks/{id}/recover/");
+            api.call("POST", &path, t, Some(&since)).await
+        }
+    };
+    let (status, recovered) = recover().await;
     assert_eq!((status, recovered["redelivered"].clone()), (202, json!(1)));
     let got = rx.wait_for("/hook", 5, DEADLINE).await;
     assert_eq!(got[4].json()["action"], "TASKS_DELETED");
+    assert_eq!(got[4].header("webhook-id").unwrap(), lost);
+    let detail = logged_attempts(&api, t, &lost, 2).await;
+    assert_eq!(
+        (
+            detail["status"].clone(),
+            detail["attempts"][1]["attempt"].clone(),
+            detail["attempts"][1]["http_status"].clone()
+        ),
+        (json!("succeeded"), json!(2), json!(200)),
+        "{detail}"
+    );
+    let (_, none) = recover().await;
+    assert_eq!(none["redelivered"], 0, "succeeded deliveries stay put");
+
+    // A failed delivery whose retry is pending (due, or overdue by less than a minute) is left to its retry, so
+    // that it is not sent twice; one whose retry is over a minute overdue is recovered.
+    rx.script("/hook", |n| {
+        (
+            if (5..8).contains(&n) { 500 } else { 200 },
+            vec![],
+            Duration::ZERO,
+        )
+    });
+    for n in 0..3 {
+        env.publish(&envelope(
+            1,
+            "ANNOTATION_CREATED",
+            Some(json!({"id": 7})),
+            json!({"annotation": {"id": n}, "task": {"id": 1}}),
+        ))
+        .await;
+    }
+    let rows = dead_rows(&api, t, id, "ANNOTATION_CREATED", 3).await;
+    for (row, due) in rows.iter().zip(["1 hour", "-30 seconds", "-2 minutes"]) {
+        env.execute(
+            "UPDATE delivery_attempts SET outcome = 'failed', next_attempt_at = now() + $2::text::interval
+              WHERE id = $1",
+            &[&row["id"].as_i64().unwrap(), &due],
+        )
+        .await;
+    }
+    let overdue = rows[2]["delivery_id"].as_str().unwrap().to_owned();
+    let (status, recovered) = recover().await;
+    assert_eq!((status, recovered["redelivered"].clone()), (202, json!(1)));
+    let got = rx.wait_for("/hook", 9, DEADLINE).await;
+    assert_eq!(got[8].header("webhook-id").unwrap(), overdue);
+    let detail = logged_attempts(&api, t, &overdue, 2).await;
+    assert_eq!(detail["status"], "succeeded", "{detail}");
+    for pending in &rows[..2] {
+        let pending = pending["delivery_id"].as_str().unwrap();
+        let (_, detail) = api
+            .call("GET", &format!("/api/deliveries/{pending}/"), t, None)
+            .await;
+        assert_eq!(
+            (
+                detail["status"].clone(),
+                detail["attempts"].as_array().unwrap().len()
+            ),
+            (json!("failed"), 1),
+            "a pending retry is not recovered: {detail}"
+        );
+    }
     worker.stop().await;
+}
+
+/// Waits until the log of webhook `id` holds `n` dead attempts of `action`; returns them, newest first.
+async fn dead_rows(
+    api: &support::api::TestApi,
+    t: Option<&str>,
+    id: i64,
+    action: &str,
+    n: usize,
+) -> Vec<Value> {
+    let path = format!("/api/webhooks/{id}/deliveries/?status=dead&action={action}");
+    wait_for(&format!("{n} dead {action} rows"), DEADLINE, || async {
+        let (_, page) = api.call("GET", &path, t, None).await;
+        page["results"].as_array().filter(|r| r.len() >= n).cloned()
+    })
+    .await
+}
+
+/// Waits until `delivery` has `n` attempts in the log; returns its detail.
+async fn logged_attempts(
+    api: &support::api::TestApi,
+    t: Option<&str>,
+    delivery: &str,
+    n: usize,
+) -> Value {
+    let path = format!("/api/deliveries/{delivery}/");
+    wait_for(&format!("{n} attempts of {delivery}"), DEADLINE, || async {
+        let (_, d) = api.call("GET", &path, t, None).await;
+        (d["attempts"].as_array().map(Vec::len) == Some(n)).then_some(d)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -906,6 +1162,38 @@ async fn http_ingest_publishes_with_confirm_and_an_idempotency_key_publishes_onc
     assert_eq!(s3, 202);
     assert_ne!(third["id"], first["id"]);
     assert_eq!(env.queued_events().await, 2);
+    // An unusable Idempotency-Key is a 400 naming the header, and nothing is published.
+    let too_long = "k".repeat(256);
+    for key in ["", too_long.as_str(), "clé"] {
+        let (status, err) = api
+            .call_with(
+                "POST",
+                "/api/events/",
+                t,
+                Some(event.to_string().into_bytes()),
+                &[("idempotency-key", key)],
+            )
+            .await;
+        assert_envelope(&err, 400);
+        assert_eq!(
+            (
+                status,
+                err["detail"].clone(),
+                err["validation_errors"].clone()
+            ),
+            (
+                400,
+                json!("The Idempotency-Key header must be 1 to 255 visible ASCII characters."),
+                json!({})
+            ),
+            "key {key:?}"
+        );
+    }
+    assert_eq!(
+        env.queued_events().await,
+        2,
+        "a refused key publishes nothing"
+    );
     let worker = env.start_worker().await;
     let got = rx.wait_for("/in", 2, DEADLINE).await;
     assert_eq!(got[0].json()["annotation"]["id"], 1);

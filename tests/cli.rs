@@ -3,19 +3,41 @@
 
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::json;
 use support::receiver::Receiver;
-use support::TestEnv;
+use support::{envelope, wait_for, TestEnv};
 use tokio::process::Command;
 use webhookd_client::{EmitError, Emitter};
 use webhookd_core::{ActionSpec, Catalog};
 use webhookd_store::webhooks::NewWebhook;
 
+const DEADLINE: Duration = Duration::from_secs(15);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_setting_stops_start_up_naming_the_variable() {
+    let malformed = actions_file("malformed", r#"{"action": "TASK_COMPLETED"}"#);
+    let malformed_message = format!(
+        "WEBHOOKD_ACTIONS_FILE: custom actions file {} is not a JSON list of actions",
+        malformed.display()
+    );
+    let invalid = actions_file(
+        "invalid",
+        r#"[{"action": "ANNOTATION_CREATED", "name": "again", "key": "annotation", "many": false}]"#,
+    );
     let cases = [
+        (
+            "WEBHOOKD_ACTIONS_FILE",
+            malformed.to_str().unwrap(),
+            malformed_message.as_str(),
+        ),
+        (
+            "WEBHOOKD_ACTIONS_FILE",
+            invalid.to_str().unwrap(),
+            "WEBHOOKD_ACTIONS_FILE: custom action \"ANNOTATION_CREATED\": is already defined",
+        ),
         (
             "WEBHOOK_TIMEOUT",
             "soon",
@@ -39,6 +61,144 @@ async fn a_bad_setting_stops_start_up_naming_the_variable() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(message), "{stderr}");
     }
+    for file in [malformed, invalid] {
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+/// Writes a custom actions file under the target directory, named after `what` and a fresh id.
+fn actions_file(what: &str, json: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "actions-{what}-{}.json",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::write(&path, json).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_loads_custom_actions_from_the_actions_file_and_delivers_them() {
+    let env = TestEnv::new(|_| {}).await;
+    let rx = Receiver::start().await;
+    let file = actions_file(
+        "serve",
+        r#"[{"action": "TASK_COMPLETED", "name": "Task completed", "description": "all annotations done",
+             "key": "task", "many": false},
+            {"action": "STORAGE_SYNCED", "name": "Storage synced", "key": "storage", "many": false,
+             "organization-only": true}]"#,
+    );
+    let served = env
+        .serve(&[("WEBHOOKD_ACTIONS_FILE", file.to_str().unwrap())])
+        .await;
+    let api = &served.api;
+    let (status, info) = api.call("GET", "/api/webhooks/info/", None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(info.as_object().unwrap().len(), 14, "{info}");
+    assert_eq!(
+        info["TASK_COMPLETED"],
+        json!({"name": "Task completed", "description": "all annotations done", "key": "task",
+               "organization-only": false})
+    );
+    assert_eq!(info["STORAGE_SYNCED"]["organization-only"], true);
+
+    let t = env.token(1).await;
+    let t = Some(t.as_str());
+    let (status, err) = api
+        .call(
+            "POST",
+            "/api/webhooks/",
+            t,
+            Some(&json!({"url": rx.url("/custom"), "project": 7, "actions": ["STORAGE_SYNCED"]})),
+        )
+        .await;
+    assert_eq!(
+        (status, err["validation_errors"]["non_field_errors"].clone()),
+        (
+            400,
+            json!(["Project webhook can't contain organization-only action."])
+        ),
+        "a custom action marked organization-only is one"
+    );
+    let (status, hook) = api
+        .call(
+            "POST",
+            "/api/webhooks/",
+            t,
+            Some(
+                &json!({"url": rx.url("/custom"), "project": 7, "send_for_all_actions": false,
+                "actions": ["TASK_COMPLETED"]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{hook}");
+    assert_eq!(hook["actions"], json!(["TASK_COMPLETED"]));
+    wait_for("the webhook in the worker's cache", DEADLINE, || async {
+        (api.metric("webhookd_cached_webhooks").await == Some(1.0)).then_some(())
+    })
+    .await;
+    env.publish(&envelope(
+        1,
+        "TASK_COMPLETED",
+        Some(json!({"id": 7})),
+        json!({"task": {"id": 3}}),
+    ))
+    .await;
+    let got = rx.wait_for("/custom", 1, DEADLINE).await;
+    assert_eq!(
+        &got[0].body[..],
+        br#"{"action": "TASK_COMPLETED", "task": {"id": 3}, "project": {"id": 7}}"#
+    );
+    assert_eq!(
+        got[0].header("x-webhookd-action").as_deref(),
+        Some("TASK_COMPLETED")
+    );
+    let _ = std::fs::remove_file(file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_and_test_pings_do_not_go_through_a_proxy_from_the_environment() {
+    let env = TestEnv::new(|_| {}).await;
+    let rx = Receiver::start().await;
+    // A proxy would resolve and connect on webhookd's behalf, out of reach of the send-time SSRF check.
+    let proxy = Receiver::start().await;
+    let (id, _) = env
+        .webhook(NewWebhook::new(1, None, rx.url("/direct")))
+        .await;
+    let p = proxy.base.as_str();
+    let served = env
+        .serve(&[
+            ("HTTP_PROXY", p),
+            ("http_proxy", p),
+            ("HTTPS_PROXY", p),
+            ("https_proxy", p),
+            ("ALL_PROXY", p),
+            ("all_proxy", p),
+            ("NO_PROXY", ""),
+            ("no_proxy", ""),
+        ])
+        .await;
+    let t = env.token(1).await;
+    let (status, ping) = served
+        .api
+        .call("POST", &format!("/api/webhooks/{id}/test/"), Some(&t), None)
+        .await;
+    assert_eq!(
+        (status, ping["http_status"].clone()),
+        (200, json!(200)),
+        "{ping}"
+    );
+    assert_eq!(proxy.all().len(), 0, "the test ping went through the proxy");
+    assert_eq!(rx.requests("/direct").len(), 1);
+    env.publish(&envelope(
+        1,
+        "PROJECT_DELETED",
+        None,
+        json!({"project": {"id": 1}}),
+    ))
+    .await;
+    let got = rx.wait_for("/direct", 2, DEADLINE).await;
+    assert_eq!(got[1].json()["action"], "PROJECT_DELETED");
+    assert_eq!(proxy.all().len(), 0, "the delivery went through the proxy");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

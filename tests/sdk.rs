@@ -8,7 +8,10 @@ use support::TestEnv;
 
 const SDK_SCRIPT: &str = r#"
 import os
+from importlib.metadata import version
 from label_studio_sdk import LabelStudio
+
+assert version("label-studio-sdk") == os.environ["PINNED"], version("label-studio-sdk")
 
 ls = LabelStudio(base_url=os.environ["BASE_URL"], api_key=os.environ["API_KEY"])
 hook_url = os.environ["HOOK_URL"]
@@ -54,7 +57,8 @@ print("sdk ok")
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_label_studio_python_sdk_manages_webhooks_unchanged() {
-    let python = support::python::venv("py-label-studio-sdk", "label-studio-sdk==2.1.2");
+    let python = support::python::python_with("label-studio-sdk");
+    let pinned = support::python::pinned_version("label-studio-sdk");
     let env = TestEnv::new(|_| {}).await;
     let api = env.start_api(|_| {}).await;
     let key = env.token(1).await;
@@ -66,6 +70,7 @@ async fn the_label_studio_python_sdk_manages_webhooks_unchanged() {
                 .env("BASE_URL", base)
                 .env("API_KEY", key)
                 .env("HOOK_URL", "http://127.0.0.1:9/hook")
+                .env("PINNED", pinned)
                 .output()
                 .unwrap()
         }

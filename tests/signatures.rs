@@ -13,8 +13,10 @@ use support::{envelope, TestEnv};
 use webhookd_store::webhooks::NewWebhook;
 
 const VERIFIER: &str = r#"
-import json, sys
+import json, os, sys
+from importlib.metadata import version
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+assert version("standardwebhooks") == os.environ["PINNED"], version("standardwebhooks")
 for case in json.load(sys.stdin):
     try:
         Webhook(case["secret"]).verify(case["body"].encode(), case["headers"])
@@ -25,7 +27,7 @@ for case in json.load(sys.stdin):
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standard_webhooks_python_library_verifies_signatures_and_rejects_tampering() {
-    let python = support::python::venv("py-standardwebhooks", "standardwebhooks==1.1.0");
+    let python = support::python::python_with("standardwebhooks");
     let env = TestEnv::new(|_| {}).await;
     let rx = Receiver::start().await;
     let (_, secret) = env
@@ -59,6 +61,10 @@ async fn the_standard_webhooks_python_library_verifies_signatures_and_rejects_ta
     ]);
     let mut child = Command::new(python)
         .args(["-c", VERIFIER])
+        .env(
+            "PINNED",
+            support::python::pinned_version("standardwebhooks"),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()

@@ -1,5 +1,7 @@
-//! The management API in this process, and a small HTTP client for it.
+//! The management API in this process or in a `webhookd serve` child, and a small HTTP client for it.
 
+use std::ops::Deref;
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -8,17 +10,47 @@ use webhookd_api::ApiSettings;
 
 use super::TestEnv;
 
+/// A small HTTP client for a management API.
+#[derive(Clone)]
+pub struct ApiClient {
+    pub base: String,
+    http: reqwest::Client,
+}
+
 /// A running API.
 pub struct TestApi {
-    pub base: String,
+    pub client: ApiClient,
     pub settings: ApiSettings,
-    http: reqwest::Client,
     stop: CancellationToken,
 }
 
 impl Drop for TestApi {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+impl Deref for TestApi {
+    type Target = ApiClient;
+
+    fn deref(&self) -> &ApiClient {
+        &self.client
+    }
+}
+
+/// A `webhookd serve` child process (the API and a worker), killed when dropped; its log is kept only when
+/// the test failed.
+pub struct ServeProcess {
+    pub api: ApiClient,
+    pub log: std::path::PathBuf,
+    _child: tokio::process::Child,
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
@@ -52,10 +84,49 @@ impl TestEnv {
             stop.clone(),
         ));
         TestApi {
-            base,
+            client: ApiClient::new(base),
             settings,
-            http: reqwest::Client::new(),
             stop,
+        }
+    }
+
+    /// Starts `webhookd serve` for this environment on a free port, with `vars` set in its environment, and
+    /// waits until its `/readyz` answers 200. Its output goes to a log file named in any failure.
+    pub async fn serve(&self, vars: &[(&str, &str)]) -> ServeProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{}-serve.log", self.name));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut child = self
+            .webhookd()
+            .arg("serve")
+            .env("WEBHOOKD_LISTEN", format!("127.0.0.1:{port}"))
+            .envs(vars.iter().copied())
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("start webhookd serve");
+        let api = ApiClient::new(format!("http://127.0.0.1:{port}"));
+        let (probe, log_path, running) = (&api, &log, &mut child);
+        super::wait_for("webhookd serve ready", Duration::from_secs(30), move || {
+            let exited = running.try_wait().ok().flatten();
+            async move {
+                if let Some(status) = exited {
+                    let output = std::fs::read_to_string(log_path).unwrap_or_default();
+                    panic!("webhookd serve exited with {status}:\n{output}");
+                }
+                let ready = probe.http.get(probe.url("/readyz")).send().await;
+                ready.is_ok_and(|r| r.status() == 200).then_some(())
+            }
+        })
+        .await;
+        ServeProcess {
+            api,
+            log,
+            _child: child,
         }
     }
 
@@ -68,8 +139,19 @@ impl TestEnv {
     }
 }
 
-impl TestApi {
-    /// Sends a request; returns the status and the JSON body (`Null` when empty).
+impl ApiClient {
+    /// A client of the API at `base` (`http://host:port`); it never goes through a proxy.
+    pub fn new(base: String) -> Self {
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        Self { base, http }
+    }
+
+    /// The URL of `path` on this API.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends a request; returns the status and the JSON body (`Null` when empty, a string when not JSON).
     pub async fn call(
         &self,
         method: &str,
@@ -97,7 +179,7 @@ impl TestApi {
         headers: &[(&str, &str)],
     ) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        let mut req = self.http.request(method, self.url(path));
         if let Some(t) = token {
             req = req.header("authorization", format!("Token {t}"));
         }
@@ -116,5 +198,14 @@ impl TestApi {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         (status, json)
+    }
+
+    /// The value of an unlabelled series on `/metrics` (`None` until the process has set it).
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let (_, text) = self.call("GET", "/metrics", None, None).await;
+        text.as_str()?.lines().find_map(|line| {
+            let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+            value.trim().parse().ok()
+        })
     }
 }

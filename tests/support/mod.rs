@@ -234,10 +234,19 @@ impl TestEnv {
 
     /// Messages waiting in the work queue (none is consumed while no worker runs).
     pub async fn queued_events(&self) -> u32 {
+        self.queue_depth(&self.topology.work_queue()).await
+    }
+
+    /// Retry tasks waiting in the retry queue, redeliveries included (none is consumed while no worker runs).
+    pub async fn queued_retries(&self) -> u32 {
+        self.queue_depth(&self.topology.retry_queue()).await
+    }
+
+    async fn queue_depth(&self, queue: &str) -> u32 {
         self.publisher
             .channel()
             .queue_declare(
-                self.topology.work_queue().as_str().into(),
+                queue.into(),
                 lapin::options::QueueDeclareOptions {
                     passive: true,
                     ..Default::default()

@@ -47,7 +47,7 @@ pub struct AttemptReport {
     pub duration: Duration,
 }
 
-/// The HTTP client: pooled keep-alive connections, no redirects, one timeout for the whole exchange.
+/// The HTTP client: pooled keep-alive connections, no redirects, no proxy, one timeout for the whole exchange.
 #[derive(Clone)]
 pub struct Dispatcher {
     client: reqwest::Client,
@@ -96,6 +96,8 @@ impl Dispatcher {
         let policy = Arc::new(policy);
         let client = reqwest::Client::builder()
             .dns_resolver(Arc::new(GuardedResolver(policy.clone())))
+            // No HTTP(S)_PROXY: a proxy would resolve and connect for us, past the SSRF address check.
+            .no_proxy()
             .timeout(timeout)
             .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())

@@ -322,7 +322,8 @@ pub async fn redeliver(
     ))
 }
 
-/// Redelivers every delivery of the webhook whose latest attempt since `since` failed or is dead.
+/// Redelivers every delivery of the webhook whose latest attempt since `since` is dead, or failed with its retry
+/// over a minute overdue; a failed delivery whose retry is still pending is skipped, so it is not sent twice.
 #[utoipa::path(post, path = "/api/webhooks/{id}/recover/", tag = "deliveries",
     request_body(content = Object, description = "{\"since\": \"<RFC 3339 time>\"}"),
     responses((status = 202, body = Object), (status = 400), (status = 404), (status = 503)))]
