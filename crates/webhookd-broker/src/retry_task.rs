@@ -29,7 +29,7 @@ pub fn now_ms() -> i64 {
 
 /// Most tasks in one retry message: enough to make deferring a slow webhook's deliveries cheap for the
 /// broker, few enough that the retry tasks a worker holds unacknowledged stay small.
-pub const MAX_TASKS_PER_MESSAGE: usize = 16;
+pub const MAX_TASKS_PER_MESSAGE: usize = 64;
 
 /// The body of a retry message: a JSON array of tasks.
 pub fn encode(tasks: &[RetryTask]) -> Vec<u8> {

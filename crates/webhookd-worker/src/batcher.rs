@@ -51,8 +51,19 @@ impl<F: Flush> Clone for Batcher<F> {
 impl<F: Flush> Batcher<F> {
     /// Starts the task; it writes up to `max_batch` requests at a time and stops once every handle is gone.
     pub fn spawn(name: &'static str, flusher: F, max_batch: usize) -> Self {
+        Self::spawn_lingering(name, flusher, max_batch, Duration::ZERO)
+    }
+
+    /// Like `spawn`, but a batch that is not full waits up to `linger` for more requests before it is
+    /// written: fewer, larger writes for callers that can afford the wait.
+    pub fn spawn_lingering(
+        name: &'static str,
+        flusher: F,
+        max_batch: usize,
+        linger: Duration,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(max_batch * 4);
-        tokio::spawn(run(name, Arc::new(flusher), rx, max_batch));
+        tokio::spawn(run(name, Arc::new(flusher), rx, max_batch, linger));
         Self { name, tx }
     }
 
@@ -72,20 +83,25 @@ async fn run<F: Flush>(
     flusher: Arc<F>,
     mut rx: mpsc::Receiver<(F::Req, oneshot::Sender<F::Resp>)>,
     max_batch: usize,
+    linger: Duration,
 ) {
     let mut reqs = Vec::with_capacity(max_batch);
     let mut waiters = Vec::with_capacity(max_batch);
     while let Some((req, done)) = rx.recv().await {
         reqs.push(req);
         waiters.push(done);
+        let deadline = tokio::time::Instant::now() + linger;
         while reqs.len() < max_batch {
-            match rx.try_recv() {
-                Ok((req, done)) => {
-                    reqs.push(req);
-                    waiters.push(done);
-                }
-                Err(_) => break,
-            }
+            let next = match rx.try_recv() {
+                Ok(next) => next,
+                Err(_) if linger.is_zero() => break,
+                Err(_) => match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(next)) => next,
+                    _ => break,
+                },
+            };
+            reqs.push(next.0);
+            waiters.push(next.1);
         }
         let mut backoff = database_backoff();
         let write_id = Uuid::now_v7();

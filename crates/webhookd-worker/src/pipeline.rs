@@ -228,25 +228,19 @@ async fn process_retry(
             return dead_letter(outbox, topology, delivery, &reason).await;
         }
     };
-    // Tasks not due yet take one more step down the delay ladder.
+    // Tasks not due yet take one more step down the delay ladder, at once; the others are made here.
     let now = now_ms();
     let (later, due): (Vec<RetryTask>, Vec<RetryTask>) = tasks
         .into_iter()
         .partition(|t| topology.rung_for(remaining(t, now)).is_some());
-    let events = load_events(shared, &due).await?;
-    let webhooks = shared.cache.snapshot();
-    let attempts = due.iter().map(|task| {
-        let webhook = webhooks.get(task.webhook_id).cloned();
-        let event = events.get(&task.event_id);
-        async move {
-            // Less than one ladder step left: wait it out here so that no attempt is ever early.
-            tokio::time::sleep(remaining(task, now_ms())).await;
-            retry_attempt(shared, task, webhook.as_deref(), event).await
-        }
-    });
+    let (moved, made) = tokio::join!(
+        outbox.retries.schedule(later),
+        retry_attempts(shared, &due)
+    );
+    moved?;
     let mut done = Vec::new();
     let mut unlogged = Vec::new();
-    for result in futures::future::join_all(attempts).await {
+    for result in made? {
         match result {
             Ok(made) => done.push(made),
             Err(lost) => unlogged.push(lost),
@@ -258,7 +252,40 @@ async fn process_retry(
         let body = retry_task::encode(&tasks);
         dead_letter_body(outbox, topology, delivery, &body, &reasons.join("; ")).await?;
     }
-    finish(shared, outbox, done, later).await
+    finish(shared, outbox, done, Vec::new()).await
+}
+
+/// Makes the attempts of `due` tasks: once they have their retry slots (one each, taken together so that
+/// a message waiting for its turn holds only its small tasks), with their events read in one query.
+/// Retry slots are apart from the inline delivery slots, so hanging receivers in the slow lane cannot
+/// take those that healthy webhooks need.
+async fn retry_attempts(
+    shared: &Shared,
+    due: &[RetryTask],
+) -> Result<Vec<Result<(AttemptRow, Option<RetryTask>), (RetryTask, String)>>, HandleError> {
+    if due.is_empty() {
+        return Ok(Vec::new());
+    }
+    let wanted = due.len().min(usize::from(shared.settings.retry_prefetch.max(1)));
+    let mut slots = shared.retry_slots.acquire_many(wanted as u32).await.ok();
+    let events = load_events(shared, due).await?;
+    let webhooks = shared.cache.snapshot();
+    let attempts = due.iter().map(|task| {
+        // Each attempt gives its slot back when it ends; a message with more tasks than slots shares them.
+        let slot = slots.as_mut().and_then(|s| s.split(1));
+        let webhook = webhooks.get(task.webhook_id).cloned();
+        let event = events.get(&task.event_id);
+        async move {
+            let _slot = match slot {
+                Some(slot) => Some(slot),
+                None => shared.retry_slots.acquire().await.ok(),
+            };
+            // Less than one ladder step left: wait it out here so that no attempt is ever early.
+            tokio::time::sleep(remaining(task, now_ms())).await;
+            retry_attempt(shared, task, webhook.as_deref(), event).await
+        }
+    });
+    Ok(futures::future::join_all(attempts).await)
 }
 
 /// The wait left before `task` is due, at `now_ms`.
@@ -329,9 +356,6 @@ async fn retry_attempt(
             if bodies.is_empty() {
                 "the event's action is no longer in the catalog"
             } else {
-                // Attempts from the retry queue (the slow lane among them) have their own slots, so that
-                // hanging receivers cannot take those healthy webhooks need.
-                let _slot = shared.retry_slots.acquire().await.ok();
                 let chunk = (task.chunk as usize).min(bodies.len() - 1);
                 let made = attempt(
                     shared,
