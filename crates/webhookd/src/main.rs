@@ -173,6 +173,8 @@ async fn serve(config: &Config, api: bool, worker: bool) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    // The bound address: with port 0 the system picks the port, and this line tells it.
+    let listen = listener.local_addr().unwrap_or(listen);
     tracing::info!(%listen, api, "HTTP listening");
     let http_task = async {
         let result = webhookd_api::serve(listener, app, shutdown.clone()).await;
