@@ -93,11 +93,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Commands whose stdout is their output log to stderr: the demo prints its table there.
     logging::init(
         &config,
         matches!(
             cli.command,
-            Command::Publish(_) | Command::Token(_) | Command::Migrate
+            Command::Publish(_) | Command::Token(_) | Command::Migrate | Command::Demo
         ),
     );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
