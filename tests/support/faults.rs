@@ -386,9 +386,19 @@ impl WorkerProcess {
         .await
     }
 
+    /// SIGKILLs it and waits for its exit, for 10 s at most: once a fault run hung for good in this wait with
+    /// the child already gone (its exit never reported to the runtime), and a SIGKILLed process is gone anyway.
     pub async fn kill(&mut self) {
         self.child.start_kill().expect("SIGKILL the worker");
-        self.child.wait().await.unwrap();
+        match tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await {
+            Ok(status) => {
+                status.expect("wait for the worker");
+            }
+            Err(_) => eprintln!(
+                "worker {:?}: its exit was not reported within 10 s of SIGKILL",
+                self.child.id()
+            ),
+        }
     }
 
     /// Sends SIGTERM; returns the exit code and how long the process took to stop.
