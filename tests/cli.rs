@@ -444,17 +444,28 @@ async fn token_create_prints_a_key_the_api_accepts_and_revoke_ends_it() {
 async fn the_demo_runs_the_pipeline_and_prints_the_delivery_log() {
     let out = Command::new(env!("CARGO_BIN_EXE_webhookd"))
         .arg("demo")
-        .env("RUST_LOG", "error")
+        .env("RUST_LOG", "info")
+        .env("LOG_FORMAT", "json")
         .env("DATABASE_URL", format!("{}/webhookd", support::PG_BASE))
         .output()
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // The table alone on stdout; the logs, one attempt line per attempt, on stderr.
+    let is_log = |line: &str| {
+        serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| v.get("level").is_some())
+    };
     assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        !stdout.lines().any(is_log),
+        "log lines on stdout:\n{stdout}"
     );
+    let attempts = stderr
+        .lines()
+        .filter(|l| is_log(l) && l.contains(r#""message":"delivery attempt""#))
+        .count();
+    assert_eq!(attempts, 8, "{stderr}");
     assert!(stdout.contains("delivery log (8 attempts)"), "{stdout}");
     assert!(
         stdout.contains("/flaky") && stdout.contains("503"),

@@ -1,16 +1,20 @@
 //! Fault injection with real processes and services, all on 127.0.0.1: while a stream of 5,000 events
 //! flows to two webhooks, one fault happens; afterwards every (event, webhook) pair was received at least
-//! once and every delivery is logged as succeeded. Each test reports its duplicates. The tests run one at
-//! a time (they compete for the same two cores) and each uses its own database and RabbitMQ vhost.
+//! once and every delivery is logged as succeeded. Each test reports its duplicates: printed (seen with
+//! `-- --nocapture`) and appended to `<target dir>/tmp/faults-report.txt` (see `support::faults::report`).
+//! The tests that cut a connection also check, through the worker's `/metrics` and log, that the worker
+//! really lost it and got it back. The tests run one at a time (they compete for the same two cores) and
+//! each uses its own database and RabbitMQ vhost.
 
 mod support;
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::faults::{
-    log_path, rabbitmqctl, CountingReceiver, Proxy, ResilientPublisher, Vhost, WorkerProcess,
+    log_path, rabbitmqctl, report, report_path, CountingReceiver, Proxy, ResilientPublisher, Vhost,
+    WorkerProcess,
 };
 use support::{wait_for, PG_BASE};
 use webhookd_broker::Topology;
@@ -21,6 +25,13 @@ use webhookd_store::{database, migrate, Pool};
 const EVENTS: usize = 5000;
 const WEBHOOKS: usize = 2;
 const OUTAGE: Duration = Duration::from_secs(10);
+/// The most failed writes a worker may make in one `OUTAGE` of its database. Each of its two batching
+/// writers (event claims, delivery log) retries with backoff from 0.1 s growing 1.5× per try up to 5 s,
+/// each wait jittered by ±50 %: even at the shortest waits that is 12 tries in 10.5 s, so at most 24 in
+/// all. A worker that spun would fail thousands of times.
+const MAX_WRITE_FAILURES_PER_OUTAGE: f64 = 30.0;
+/// The worker's log line when its broker connection is gone.
+const SESSION_ENDED: &str = "broker session ended; reconnecting";
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -39,6 +50,7 @@ struct Stream {
     vhost: Vhost,
     exchange: String,
     receiver: CountingReceiver,
+    started: Instant,
 }
 
 impl Stream {
@@ -79,6 +91,7 @@ impl Stream {
             vhost,
             exchange,
             receiver,
+            started: Instant::now(),
         }
     }
 
@@ -146,9 +159,17 @@ impl Stream {
         })
         .await;
         let duplicates = self.receiver.requests() - expected;
+        let seconds = self.started.elapsed().as_secs_f64();
         println!(
-            "fault {what}: {expected} deliveries complete; {} requests, {duplicates} duplicates",
+            "fault {what}: {expected} deliveries complete in {seconds:.1} s; {} requests, {duplicates} duplicates",
             self.receiver.requests()
+        );
+        let line = report(what, expected, duplicates, seconds);
+        let written = std::fs::read_to_string(report_path()).unwrap_or_default();
+        assert!(
+            written.contains(&line),
+            "{} lacks {line:?}",
+            report_path().display()
         );
         duplicates
     }
@@ -216,6 +237,7 @@ async fn every_broker_connection_closed() {
     let mut worker = s.worker(postgres(), rabbit());
     let fault = async {
         s.reached(0.3).await;
+        let before = worker.logged(SESSION_ENDED).len();
         rabbitmqctl(&[
             "-q",
             "close_all_connections",
@@ -223,10 +245,18 @@ async fn every_broker_connection_closed() {
             &s.vhost.name,
             "fault injection",
         ]);
+        // The worker noticed (its gauge may be 0 for only a fraction of a second, so the log says it).
+        worker
+            .wait_logged(SESSION_ENDED, before + 1, Duration::from_secs(30))
+            .await;
     };
     let (reconnects, ()) = tokio::join!(s.publish_all(), fault);
     s.complete("every broker connection closed").await;
     println!("publisher reconnects: {reconnects}");
+    // ... and came back by itself.
+    worker
+        .wait_metric("webhookd_broker_connected", 1.0, Duration::from_secs(30))
+        .await;
     worker.kill().await;
 }
 
@@ -262,20 +292,39 @@ async fn database_unreachable_for_ten_seconds() {
     let s = Stream::new("dbcut").await;
     let proxy = Proxy::start(postgres()).await;
     let mut worker = s.worker(proxy.addr, rabbit());
+    let failures = "webhookd_database_write_failures_total";
     let fault = async {
         s.reached(0.3).await;
+        let failed_before = worker.metric(failures).await.expect("read /metrics");
         proxy.cut();
+        let cut = Instant::now();
         let before = s.receiver.distinct();
-        tokio::time::sleep(OUTAGE).await;
+        // An operator sees the database down ...
+        worker
+            .wait_metric("webhookd_database_up", 0.0, OUTAGE / 2)
+            .await;
+        tokio::time::sleep(OUTAGE.saturating_sub(cut.elapsed())).await;
+        let failed = worker.metric(failures).await.expect("read /metrics") - failed_before;
         proxy.restore();
-        before
+        (before, failed)
     };
-    let (_, before) = tokio::join!(s.publish_all(), fault);
+    let (_, (before, failed)) = tokio::join!(s.publish_all(), fault);
     s.complete("database unreachable for 10 s").await;
     assert!(
         before < EVENTS * WEBHOOKS,
         "the outage came after the stream"
     );
+    // ... writes that failed while it was (so the outage hit the stream) but were retried with backoff,
+    // not in a loop ...
+    println!("database write failures during the {OUTAGE:?} outage: {failed}");
+    assert!(
+        (1.0..=MAX_WRITE_FAILURES_PER_OUTAGE).contains(&failed),
+        "{failed} database writes failed during the {OUTAGE:?} outage"
+    );
+    // ... and the database up again.
+    worker
+        .wait_metric("webhookd_database_up", 1.0, Duration::from_secs(30))
+        .await;
     worker.kill().await;
 }
 
@@ -287,12 +336,33 @@ async fn broker_unreachable_for_ten_seconds() {
     let mut worker = s.worker(postgres(), proxy.addr);
     let fault = async {
         s.reached(0.3).await;
+        let before = worker.logged(SESSION_ENDED).len();
         proxy.cut();
-        tokio::time::sleep(OUTAGE).await;
+        let cut = Instant::now();
+        // The worker lost its connection, as its gauge says ...
+        worker
+            .wait_metric("webhookd_broker_connected", 0.0, OUTAGE / 2)
+            .await;
+        tokio::time::sleep(OUTAGE.saturating_sub(cut.elapsed())).await;
         proxy.restore();
+        before
     };
-    tokio::join!(s.publish_all(), fault);
+    let (_, before) = tokio::join!(s.publish_all(), fault);
     s.complete("broker unreachable for 10 s").await;
+    // ... and its log ...
+    assert!(
+        worker.logged(SESSION_ENDED).len() > before,
+        "no {SESSION_ENDED:?} line"
+    );
+    // ... and it reconnected by itself.
+    worker
+        .wait_metric("webhookd_broker_connected", 1.0, Duration::from_secs(30))
+        .await;
+    let (status, body) = worker.get("/readyz").await.expect("read /readyz");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"database":"ok","broker":"ok"}"#)
+    );
     worker.kill().await;
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,10 +12,14 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use webhookd_broker::ConfirmedPublisher;
+
+use super::wait_for;
 
 /// Runs `rabbitmqctl` with `args`; panics with its output if it fails.
 pub fn rabbitmqctl(args: &[&str]) {
@@ -207,54 +212,193 @@ impl CountingReceiver {
 }
 
 /// Where the workers of stream `prefix` write their warnings, to read when a fault test fails.
-pub fn log_path(prefix: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{prefix}.log"))
+pub fn log_path(prefix: &str) -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{prefix}.log"))
 }
 
-fn log_file(prefix: &str) -> Stdio {
+/// The fault suite's report: one line per finished fault test, appended, so that the duplicate counts stay
+/// visible when the test output is captured (`cargo test --workspace`). `<target dir>/tmp/faults-report.txt`.
+pub fn report_path() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("faults-report.txt")
+}
+
+/// Appends one line to the report (tab-separated, under a header written when the file is new) and returns it.
+pub fn report(fault: &str, deliveries: usize, duplicates: usize, seconds: f64) -> String {
+    use std::io::Write;
+    let line = format!(
+        "{}\t{fault}\t{deliveries}\t{duplicates}\t{seconds:.1}\n",
+        chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    let path = report_path();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let header = "finished_at\tfault\tdeliveries\tduplicates\tseconds\n";
+    // One write per line: appends from concurrent runs do not interleave.
+    let text = match file.metadata().map(|m| m.len()) {
+        Ok(0) => format!("{header}{line}"),
+        _ => line.clone(),
+    };
+    file.write_all(text.as_bytes())
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    line
+}
+
+/// `path` opened for appending, as a child's output.
+fn appending(path: &Path) -> Stdio {
     match std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(log_path(prefix))
+        .open(path)
     {
         Ok(file) => file.into(),
         Err(_) => Stdio::null(),
     }
 }
 
-/// A `webhookd worker` child process.
+/// `RUST_LOG` for a watched process: warnings, plus the binary's own `info` lines (`HTTP listening` gives
+/// the address of its `/metrics`). Every library crate's target starts with `webhookd_`, and targets match
+/// by prefix, so the last directive keeps them at `warn`.
+pub const WATCHED_LOG: &str = "warn,webhookd=info,webhookd_=warn";
+
+/// A `webhookd worker` child process whose JSON log lines are kept as they come (and appended to a file),
+/// and whose `/healthz`, `/readyz` and `/metrics` can be read.
 pub struct WorkerProcess {
     pub child: Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+    http: reqwest::Client,
 }
 
 impl WorkerProcess {
     pub fn spawn(database_url: &str, amqp_url: &str, exchange: &str, prefix: &str) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_webhookd"))
-            .arg("worker")
-            .env("DATABASE_URL", database_url)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_webhookd"));
+        cmd.env("DATABASE_URL", database_url)
             .env("AMQP_URL", amqp_url)
             .env("WEBHOOKD_EXCHANGE", exchange)
             .env("WEBHOOKD_QUEUE_PREFIX", prefix)
             .env("WEBHOOK_RETRY_SCHEDULE", "0.5,1,2,4,8,8")
             .env("WEBHOOKD_ALLOWED_NETWORKS", "127.0.0.0/8")
-            .env("WEBHOOKD_OPS_LISTEN", "127.0.0.1:0")
             .env("WEBHOOKD_SHUTDOWN_GRACE", "10")
             .env("WEBHOOKD_DB_POOL_SIZE", "4")
             // A receiver outage fails thousands of attempts in a row; turning the webhook off is not the point here.
             .env("WEBHOOK_MAX_CONSECUTIVE_FAILURES", "0")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", WATCHED_LOG)
             .env("LOG_FORMAT", "json")
-            .stdout(log_file(prefix))
-            .stderr(log_file(prefix))
+            .kill_on_drop(true);
+        Self::watch(cmd, &log_path(prefix))
+    }
+
+    /// Starts `cmd` (a `webhookd` command; `worker` is added) with its operations endpoints on a free port,
+    /// reading its stdout line by line: each line is appended to `log`, and JSON lines are kept. Its stderr
+    /// goes to `log` as well.
+    pub fn watch(mut cmd: Command, log: &Path) -> Self {
+        let mut child = cmd
+            .arg("worker")
+            .env("WEBHOOKD_OPS_LISTEN", "127.0.0.1:0")
+            .stdout(Stdio::piped())
+            .stderr(appending(log))
             .kill_on_drop(true)
             .spawn()
             .expect("start the webhookd binary");
-        Self { child }
+        let stdout = child.stdout.take().expect("piped stdout");
+        let lines: Arc<Mutex<Vec<Value>>> = Arc::default();
+        tokio::spawn({
+            let (lines, log) = (lines.clone(), log.to_owned());
+            async move {
+                use std::io::Write;
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .ok();
+                let mut reader = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    if let Some(file) = file.as_mut() {
+                        let _ = writeln!(file, "{line}");
+                    }
+                    if let Ok(value) = serde_json::from_str::<Value>(&line) {
+                        lines.lock().unwrap().push(value);
+                    }
+                }
+            }
+        });
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        Self { child, lines, http }
     }
 
+    /// The JSON log lines printed so far whose `message` is `message`.
+    pub fn logged(&self, message: &str) -> Vec<Value> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line["message"] == message)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until at least `n` log lines have the `message`; returns them.
+    pub async fn wait_logged(&self, message: &str, n: usize, deadline: Duration) -> Vec<Value> {
+        let what = format!("{n} log lines {message:?}");
+        wait_for(&what, deadline, || async {
+            let found = self.logged(message);
+            (found.len() >= n).then_some(found)
+        })
+        .await
+    }
+
+    /// Where it serves `/healthz`, `/readyz` and `/metrics`, from its `HTTP listening` line.
+    pub async fn ops_addr(&self) -> SocketAddr {
+        let started = self
+            .wait_logged("HTTP listening", 1, Duration::from_secs(60))
+            .await;
+        started[0]["listen"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {}", started[0]))
+    }
+
+    /// `GET path` on its operations listener: status and body, or `None` if the request failed.
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let url = format!("http://{}{path}", self.ops_addr().await);
+        let response = self.http.get(url).send().await.ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.text().await.ok()?))
+    }
+
+    /// The value of the unlabelled series `name` in its `/metrics`, or `None` if it cannot be read.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let (_, text) = self.get("/metrics").await?;
+        metric_value(&text, name)
+    }
+
+    /// Waits until the series `name` reads `value`.
+    pub async fn wait_metric(&self, name: &str, value: f64, deadline: Duration) {
+        let what = format!("{name} to read {value}");
+        wait_for(&what, deadline, || async {
+            (self.metric(name).await? == value).then_some(())
+        })
+        .await
+    }
+
+    /// SIGKILLs it and waits for its exit, for 10 s at most: once a fault run hung for good in this wait with
+    /// the child already gone (its exit never reported to the runtime), and a SIGKILLed process is gone anyway.
     pub async fn kill(&mut self) {
         self.child.start_kill().expect("SIGKILL the worker");
-        self.child.wait().await.unwrap();
+        match tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await {
+            Ok(status) => {
+                status.expect("wait for the worker");
+            }
+            Err(_) => eprintln!(
+                "worker {:?}: its exit was not reported within 10 s of SIGKILL",
+                self.child.id()
+            ),
+        }
     }
 
     /// Sends SIGTERM; returns the exit code and how long the process took to stop.
@@ -272,6 +416,14 @@ impl WorkerProcess {
             .unwrap();
         (status.code(), started.elapsed())
     }
+}
+
+/// The value of the unlabelled series `name` in Prometheus text.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (series, value) = line.split_once(' ')?;
+        (series == name).then(|| value.trim().parse().ok())?
+    })
 }
 
 /// Publishes with confirms through its own connection, reconnecting and re-publishing (same event id, so

@@ -200,7 +200,11 @@ pub fn render() -> String {
     for r in ["delivered", "no_subscribers", "duplicate", "malformed"] {
         EVENTS_CONSUMED.with_label_values(&[r]).inc_by(0);
     }
-    LazyLock::force(&ATTEMPT_DURATION);
+    // A labelled series shows once it has a child: one per outcome here. (`webhookd_delivery_attempts_total`
+    // is also labelled by action, an open set, so it shows with the first attempt.)
+    for o in ["succeeded", "failed", "dead"] {
+        ATTEMPT_DURATION.with_label_values(&[o]);
+    }
     LazyLock::force(&LOG_BATCH);
     let mut buf = Vec::new();
     let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut buf);

@@ -1,5 +1,6 @@
 //! The in-memory subscription cache: loaded at start, reloaded per organization on LISTEN/NOTIFY, and
-//! fully refreshed after a lost listener connection and every minute, so no message costs a query.
+//! fully refreshed after a lost listener connection and every minute, so no message costs a query. Its
+//! loads also keep `webhookd_database_up` current while no claim or log write happens.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
@@ -36,7 +37,9 @@ impl SubscriptionCache {
         self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Installs a snapshot just read from the database, which therefore answers (`webhookd_database_up`).
     fn replace(&self, next: SubscriptionIndex) {
+        webhookd_metrics::DATABASE_UP.set(1);
         webhookd_metrics::CACHED_WEBHOOKS.set(next.len() as i64);
         let next = Arc::new(next);
         match self.current.write() {
@@ -94,6 +97,9 @@ pub async fn keep_current(
             Err(e) => Err(e),
         };
         if let Err(e) = result {
+            // The listening connection is lost or a refresh failed: the database does not answer (or not
+            // for now; the next load says so).
+            webhookd_metrics::DATABASE_UP.set(0);
             let wait = backoff.next_backoff().unwrap_or(Duration::from_secs(10));
             tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "subscription cache refresh failed");
             tokio::select! {

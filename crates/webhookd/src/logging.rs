@@ -8,7 +8,8 @@ use tracing_subscriber::EnvFilter;
 use crate::config::Config;
 
 /// Installs the global subscriber per `LOG_FORMAT` and `RUST_LOG`. Services log to stdout; one-shot
-/// commands (`publish`, `token`, whose stdout is their answer, and `migrate`) log to stderr.
+/// commands (`publish`, `token`, whose stdout is their answer, `migrate`, and `demo`, which prints its
+/// delivery log as a table) log to stderr.
 pub fn init(config: &Config, to_stderr: bool) {
     let filter = EnvFilter::try_new(&config.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let json = config

@@ -93,11 +93,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Commands whose stdout is their output log to stderr: the demo prints its table there.
     logging::init(
         &config,
         matches!(
             cli.command,
-            Command::Publish(_) | Command::Token(_) | Command::Migrate
+            Command::Publish(_) | Command::Token(_) | Command::Migrate | Command::Demo
         ),
     );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -173,6 +174,8 @@ async fn serve(config: &Config, api: bool, worker: bool) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    // The bound address: with port 0 the system picks the port, and this line tells it.
+    let listen = listener.local_addr().unwrap_or(listen);
     tracing::info!(%listen, api, "HTTP listening");
     let http_task = async {
         let result = webhookd_api::serve(listener, app, shutdown.clone()).await;
