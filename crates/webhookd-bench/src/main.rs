@@ -46,6 +46,10 @@ struct Cli {
     /// `cargo build --release -p webhookd`.
     #[arg(long)]
     worker_bin: Option<PathBuf>,
+    /// `slow-endpoint`: how many times to run the two configurations, alternately; the rates and their
+    /// ratio are the medians (a shared machine's speed drifts between runs).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pairs: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -91,10 +95,11 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
-    let scale = match cli.scale {
+    let mut scale = match cli.scale {
         ScaleArg::Tiny => Scale::tiny(),
         ScaleArg::Full => Scale::full(),
     };
+    scale.slow_pairs = cli.pairs as usize;
     let selected: Vec<Scenario> = match cli.scenario {
         Scenario::All => ALL.to_vec(),
         one => vec![one],

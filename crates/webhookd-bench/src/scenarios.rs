@@ -27,6 +27,8 @@ pub struct Scale {
     pub fanout_hooks: usize,
     /// Events of each `slow-endpoint` run (ten webhooks).
     pub slow_events: u64,
+    /// Times `slow-endpoint` runs each of its two configurations, alternately.
+    pub slow_pairs: usize,
     /// Events of `failing-endpoint` (one webhook).
     pub failing_events: u64,
     /// Length of each `limits` measurement.
@@ -50,6 +52,7 @@ impl Scale {
             fanout_events: 1_000,
             fanout_hooks: 100,
             slow_events: 20_000,
+            slow_pairs: 1,
             failing_events: 10_000,
             limits_secs: 5.0,
             http_concurrency: 64,
@@ -68,6 +71,7 @@ impl Scale {
             fanout_events: 20,
             fanout_hooks: 10,
             slow_events: 50,
+            slow_pairs: 1,
             failing_events: 200,
             limits_secs: 1.0,
             http_concurrency: 16,
@@ -199,29 +203,49 @@ pub async fn slow_endpoint(scale: &Scale, bin: &Path) -> Result<Report, BoxError
     let mut healthy = scale.spec("10 healthy", vec![Behavior::Healthy; 10], scale.slow_events);
     healthy.measured = nine;
     healthy.worker_env = env;
-    let slow_run = logged_run(&with_slow, bin).await?;
-    let healthy_run = logged_run(&healthy, bin).await?;
+    let mut runs = Vec::new();
+    for _ in 0..scale.slow_pairs {
+        runs.push(logged_run(&with_slow, bin).await?);
+        runs.push(logged_run(&healthy, bin).await?);
+    }
+    let rates = |parity: usize| -> Vec<f64> {
+        runs.iter()
+            .skip(parity)
+            .step_by(2)
+            .map(|r| r.per_s)
+            .collect()
+    };
+    let (with, without) = (rates(0), rates(1));
+    let ratios: Vec<f64> = with
+        .iter()
+        .zip(&without)
+        .map(|(w, h)| w / h.max(1e-9))
+        .collect();
     let mut extra = Map::new();
+    extra.insert("pairs".into(), json!(scale.slow_pairs));
     extra.insert(
         "nine_per_s_with_slow".into(),
-        json!(round(slow_run.per_s, 1)),
+        json!(round(median(with), 1)),
     );
     extra.insert(
         "nine_per_s_all_healthy".into(),
-        json!(round(healthy_run.per_s, 1)),
+        json!(round(median(without), 1)),
     );
     extra.insert(
         "with_slow_over_all_healthy".into(),
-        json!(round(slow_run.per_s / healthy_run.per_s.max(1e-9), 3)),
+        json!(round(median(ratios.clone()), 3)),
     );
-    let runs = [slow_run, healthy_run];
+    extra.insert(
+        "ratio_of_each_pair".into(),
+        json!(ratios.iter().map(|r| round(*r, 3)).collect::<Vec<_>>()),
+    );
     let json_runs = runs.iter().map(RunResult::to_json).collect();
     let mut report = multi(
         "slow-endpoint",
         scale,
         &format!(
-            "{} events → 10 webhooks, the nine healthy ones measured (WEBHOOK_TIMEOUT=1.0)",
-            scale.slow_events
+            "{} events → 10 webhooks, the nine healthy ones measured (WEBHOOK_TIMEOUT=1.0), {} pair(s)",
+            scale.slow_events, scale.slow_pairs
         ),
         &runs,
         json_runs,
@@ -520,4 +544,26 @@ fn run_table(title: &str, runs: &[RunResult]) -> Table {
         num(Some(r.wall_s), 2)
     });
     t
+}
+
+/// The median of `values` (the mean of the middle two for an even count); 0 for none.
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn the_median_is_the_middle_value_or_the_mean_of_the_middle_two() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(Vec::new()), 0.0);
+    }
 }

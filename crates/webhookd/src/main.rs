@@ -3,6 +3,7 @@
 mod config;
 mod demo;
 mod logging;
+mod memory;
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -85,6 +86,7 @@ struct PublishArgs {
 }
 
 fn main() -> ExitCode {
+    memory::limit_arenas();
     let cli = Cli::parse();
     let config = match Config::from_env() {
         Ok(c) => c,
