@@ -223,10 +223,7 @@ pub async fn slow_endpoint(scale: &Scale, bin: &Path) -> Result<Report, BoxError
         .collect();
     let mut extra = Map::new();
     extra.insert("pairs".into(), json!(scale.slow_pairs));
-    extra.insert(
-        "nine_per_s_with_slow".into(),
-        json!(round(median(with), 1)),
-    );
+    extra.insert("nine_per_s_with_slow".into(), json!(round(median(with), 1)));
     extra.insert(
         "nine_per_s_all_healthy".into(),
         json!(round(median(without), 1)),

@@ -233,10 +233,7 @@ async fn process_retry(
     let (later, due): (Vec<RetryTask>, Vec<RetryTask>) = tasks
         .into_iter()
         .partition(|t| topology.rung_for(remaining(t, now)).is_some());
-    let (moved, made) = tokio::join!(
-        outbox.retries.schedule(later),
-        retry_attempts(shared, &due)
-    );
+    let (moved, made) = tokio::join!(outbox.retries.schedule(later), retry_attempts(shared, &due));
     moved?;
     let mut done = Vec::new();
     let mut unlogged = Vec::new();
@@ -266,7 +263,9 @@ async fn retry_attempts(
     if due.is_empty() {
         return Ok(Vec::new());
     }
-    let wanted = due.len().min(usize::from(shared.settings.retry_prefetch.max(1)));
+    let wanted = due
+        .len()
+        .min(usize::from(shared.settings.retry_prefetch.max(1)));
     let mut slots = shared.retry_slots.acquire_many(wanted as u32).await.ok();
     let events = load_events(shared, due).await?;
     let webhooks = shared.cache.snapshot();

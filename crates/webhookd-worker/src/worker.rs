@@ -33,6 +33,10 @@ const ACKS_FLUSH: Duration = Duration::from_secs(5);
 const ATTEMPTS_PER_SLOT: usize = 8;
 /// Rows per log write and events per claim.
 const MAX_BATCH: usize = 1000;
+/// How long a log write that is not full waits for more rows. The rows are written after their requests
+/// were received, so the wait delays only acks, and at light load it turns one synchronous commit per
+/// event into one per few events. (Claims are on the way to the receiver and do not wait.)
+const LOG_LINGER: Duration = Duration::from_millis(5);
 
 /// Why the worker could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -208,13 +212,14 @@ impl Worker {
                 settings.network_policy.clone(),
             )?,
             claims: Batcher::spawn("event claim", ClaimWriter(claim_pool), MAX_BATCH),
-            log: Batcher::spawn(
+            log: Batcher::spawn_lingering(
                 "delivery log",
                 LogWriter {
                     pool: pool.clone(),
                     max_consecutive_failures: settings.max_consecutive_failures,
                 },
                 MAX_BATCH,
+                LOG_LINGER,
             ),
             cache,
             pool,
