@@ -252,10 +252,10 @@ async fn process_retry(
     finish(shared, outbox, done, Vec::new()).await
 }
 
-/// Makes the attempts of `due` tasks: once they have their retry slots (one each, taken together so that
-/// a message waiting for its turn holds only its small tasks), with their events read in one query.
-/// Retry slots are apart from the inline delivery slots, so hanging receivers in the slow lane cannot
-/// take those that healthy webhooks need.
+/// Makes the attempts of `due` tasks, each once it has a retry slot. The message's events are read in one
+/// query once its first task has a slot, and each is parsed when its attempt starts. Retry slots are apart
+/// from the inline delivery slots, so hanging receivers in the slow lane cannot take those that healthy
+/// webhooks need.
 async fn retry_attempts(
     shared: &Shared,
     due: &[RetryTask],
@@ -263,28 +263,48 @@ async fn retry_attempts(
     if due.is_empty() {
         return Ok(Vec::new());
     }
-    let wanted = due
-        .len()
-        .min(usize::from(shared.settings.retry_prefetch.max(1)));
-    let mut slots = shared.retry_slots.acquire_many(wanted as u32).await.ok();
-    let events = load_events(shared, due).await?;
+    let mut first_slot = shared.retry_slots.acquire().await.ok();
+    let stored = load_events(shared, due).await?;
     let webhooks = shared.cache.snapshot();
     let attempts = due.iter().map(|task| {
-        // Each attempt gives its slot back when it ends; a message with more tasks than slots shares them.
-        let slot = slots.as_mut().and_then(|s| s.split(1));
+        let slot = first_slot.take();
         let webhook = webhooks.get(task.webhook_id).cloned();
-        let event = events.get(&task.event_id);
+        let stored = stored.get(&task.event_id);
         async move {
             let _slot = match slot {
                 Some(slot) => Some(slot),
                 None => shared.retry_slots.acquire().await.ok(),
             };
+            let event =
+                stored.map(|(organization, body)| parse_stored(shared, task, *organization, body));
             // Less than one ladder step left: wait it out here so that no attempt is ever early.
             tokio::time::sleep(remaining(task, now_ms())).await;
-            retry_attempt(shared, task, webhook.as_deref(), event).await
+            // Boxed: a task still waiting for its slot then holds a pointer, not an attempt's state.
+            Box::pin(retry_attempt(
+                shared,
+                task,
+                webhook.as_deref(),
+                event.as_ref(),
+            ))
+            .await
         }
     });
     Ok(futures::future::join_all(attempts).await)
+}
+
+/// Reads the stored events of `tasks` in one query: organization and body by id.
+async fn load_events(
+    shared: &Shared,
+    tasks: &[RetryTask],
+) -> Result<HashMap<uuid::Uuid, (i64, String)>, HandleError> {
+    let mut ids: Vec<uuid::Uuid> = tasks.iter().map(|t| t.event_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let stored = shared.load_events(&ids).await?;
+    Ok(stored
+        .into_iter()
+        .map(|(id, organization, body)| (id, (organization, body)))
+        .collect())
 }
 
 /// The wait left before `task` is due, at `now_ms`.
@@ -296,34 +316,18 @@ fn remaining(task: &RetryTask, now_ms: i64) -> Duration {
 /// organization it belongs to.
 type Loaded = Result<(Event, Vec<(Bytes, Bytes)>), (i64, String)>;
 
-/// Reads, parses and builds the events of `tasks` once each, in one query.
-async fn load_events(
-    shared: &Shared,
-    tasks: &[RetryTask],
-) -> Result<HashMap<uuid::Uuid, Loaded>, HandleError> {
-    let mut ids: Vec<uuid::Uuid> = tasks.iter().map(|t| t.event_id).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    if ids.is_empty() {
-        return Ok(HashMap::new());
+/// A stored event parsed, with its bodies; or why it cannot be sent.
+fn parse_stored(shared: &Shared, task: &RetryTask, organization: i64, body: &str) -> Loaded {
+    match Event::parse(body.as_bytes(), &shared.settings.catalog) {
+        Ok(event) => {
+            let bodies = build_bodies(shared, &event);
+            Ok((event, bodies))
+        }
+        Err(e) => Err((
+            organization,
+            format!("stored event {} is no longer valid: {e}", task.event_id),
+        )),
     }
-    let stored = shared.load_events(&ids).await?;
-    Ok(stored
-        .into_iter()
-        .map(|(id, organization, body)| {
-            let loaded = match Event::parse(body.as_bytes(), &shared.settings.catalog) {
-                Ok(event) => {
-                    let bodies = build_bodies(shared, &event);
-                    Ok((event, bodies))
-                }
-                Err(e) => Err((
-                    organization,
-                    format!("stored event {id} is no longer valid: {e}"),
-                )),
-            };
-            (id, loaded)
-        })
-        .collect())
 }
 
 /// One task from the retry queue: its attempt, or the reason it will not be made (logged as dead); `Err`

@@ -247,7 +247,7 @@ impl Config {
             )?,
             retry_prefetch: env.parse(
                 "WEBHOOKD_RETRY_PREFETCH",
-                64u16,
+                48u16,
                 "an integer from 1 to 65535",
                 |n| *n > 0,
             )?,
