@@ -603,3 +603,65 @@ async fn a_log_write_made_again_after_a_lost_reply_counts_once() {
         .unwrap();
     assert_eq!(counted().await, (2, 2), "another write counts");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_retry_does_not_hold_the_slots_of_other_retries() {
+    use webhookd_store::events::{claim_events, NewEvent};
+    // Two retry slots. Message A holds a hanging attempt and a quick one; message B two quick ones. B must
+    // not wait for A's hanging attempt to time out (1 s): the quick attempt's slot is free at once.
+    let env = TestEnv::new(|s| s.retry_prefetch = 2).await;
+    let rx = Receiver::start().await;
+    rx.script("/hang", |_| (200, vec![], Duration::from_secs(5)));
+    let (hang, _) = env.webhook(NewWebhook::new(1, None, rx.url("/hang"))).await;
+    let mut quick = Vec::new();
+    for n in 0..3 {
+        quick.push(
+            env.webhook(NewWebhook::new(1, None, rx.url(&format!("/q{n}"))))
+                .await
+                .0,
+        );
+    }
+    let body = event(1);
+    let client = env.pool.get().await.unwrap();
+    let claims = claim_events(
+        &**client,
+        &[NewEvent {
+            id: uuid::Uuid::new_v4(),
+            organization: 1,
+            project: None,
+            action: "PROJECT_DELETED".into(),
+            producer_id: None,
+            body: body.to_string(),
+            claim_token: uuid::Uuid::new_v4(),
+        }],
+    )
+    .await
+    .unwrap();
+    let now = webhookd_broker::retry_task::now_ms();
+    let task = |webhook: i64| {
+        json!({"event_id": claims[0].event_id, "webhook_id": webhook,
+        "chunk": 0, "attempt": 2, "due_at_ms": now})
+    };
+    let worker = env.start_worker().await;
+    env.publish_retry(json!([task(hang), task(quick[0])]).to_string().as_bytes())
+        .await;
+    rx.wait_for("/hang", 1, DEADLINE).await;
+    rx.wait_for("/q0", 1, DEADLINE).await;
+    // A's hanging attempt now holds one slot until its timeout; the other slot is free.
+    let started = std::time::Instant::now();
+    env.publish_retry(
+        json!([task(quick[1]), task(quick[2])])
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    let q1 = rx.wait_for("/q1", 1, DEADLINE).await[0].at;
+    let q2 = rx.wait_for("/q2", 1, DEADLINE).await[0].at;
+    let waited = q1.max(q2) - started;
+    assert!(
+        waited < Duration::from_millis(700),
+        "the second message waited {waited:?}: its attempts were held behind the hanging one"
+    );
+    assert_eq!(rx.requests("/hang").len(), 1);
+    worker.stop().await;
+}
