@@ -19,6 +19,13 @@ pub struct RetryTask {
     pub due_at_ms: i64,
 }
 
+impl RetryTask {
+    /// The wait left before the task is due, at `now_ms` (zero once due).
+    pub fn remaining(&self, now_ms: i64) -> std::time::Duration {
+        std::time::Duration::from_millis((self.due_at_ms - now_ms).max(0) as u64)
+    }
+}
+
 /// The current time in Unix milliseconds, the clock of `due_at_ms`.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

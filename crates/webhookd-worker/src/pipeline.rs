@@ -232,7 +232,7 @@ async fn process_retry(
     let now = now_ms();
     let (later, due): (Vec<RetryTask>, Vec<RetryTask>) = tasks
         .into_iter()
-        .partition(|t| topology.rung_for(remaining(t, now)).is_some());
+        .partition(|t| topology.rung_for(t.remaining(now)).is_some());
     let (moved, made) = tokio::join!(outbox.retries.schedule(later), retry_attempts(shared, &due));
     moved?;
     let mut done = Vec::new();
@@ -278,7 +278,7 @@ async fn retry_attempts(
             let event =
                 stored.map(|(organization, body)| parse_stored(shared, task, *organization, body));
             // Less than one ladder step left: wait it out here so that no attempt is ever early.
-            tokio::time::sleep(remaining(task, now_ms())).await;
+            tokio::time::sleep(task.remaining(now_ms())).await;
             // Boxed: a task still waiting for its slot then holds a pointer, not an attempt's state.
             Box::pin(retry_attempt(
                 shared,
@@ -305,11 +305,6 @@ async fn load_events(
         .into_iter()
         .map(|(id, organization, body)| (id, (organization, body)))
         .collect())
-}
-
-/// The wait left before `task` is due, at `now_ms`.
-fn remaining(task: &RetryTask, now_ms: i64) -> Duration {
-    Duration::from_millis((task.due_at_ms - now_ms).max(0) as u64)
 }
 
 /// A stored event as the retry path needs it: parsed, with its bodies; or why it cannot be sent, with the

@@ -103,9 +103,8 @@ fn messages<'a>(
 ) -> Vec<(String, Vec<u8>)> {
     let mut by_queue: BTreeMap<Option<u32>, Vec<RetryTask>> = BTreeMap::new();
     for task in tasks {
-        let remaining = Duration::from_millis((task.due_at_ms - now_ms).max(0) as u64);
         by_queue
-            .entry(topology.rung_for(remaining))
+            .entry(topology.rung_for(task.remaining(now_ms)))
             .or_default()
             .push(task.clone());
     }
