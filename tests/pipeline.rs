@@ -312,6 +312,31 @@ async fn long_lists_go_out_in_batches_of_webhook_batch_size() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_many_frames_long_is_delivered_whole() {
+    let env = TestEnv::new(|_| {}).await;
+    let rx = Receiver::start().await;
+    env.webhook(hook(1, Some(2), rx.url("/big"))).await;
+    let worker = env.start_worker().await;
+    let text = "x".repeat(100);
+    let tasks: Vec<Value> = (0..2000).map(|i| json!({"id": i, "text": text})).collect();
+    let event = envelope(
+        1,
+        "TASKS_CREATED",
+        Some(json!({"id": 2})),
+        json!({"tasks": tasks}),
+    );
+    let published = serde_json::to_vec(&event).unwrap().len();
+    assert!(
+        published > 10 * webhookd_broker::FRAME_MAX as usize,
+        "{published} bytes is not many frames"
+    );
+    env.publish(&event).await;
+    let got = rx.wait_for("/big", 1, DEADLINE).await;
+    assert_eq!(got[0].json()["tasks"], json!(tasks));
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_changes_reach_the_worker_within_one_second() {
     let env = TestEnv::new(|s| s.prefetch = 1).await;
     let rx = Receiver::start().await;
