@@ -84,6 +84,20 @@ async fn healthz_readyz_and_metrics_answer_as_documented() {
         (200, json!({"database": "ok", "broker": "ok"}))
     );
     assert_eq!(worker.metric("webhookd_broker_connected").await, Some(1.0));
+    // webhookd's allocator options are in effect: jemalloc runs its own thread to hand memory back.
+    #[cfg(target_os = "linux")]
+    {
+        let tasks = format!("/proc/{}/task", worker.child.id().expect("worker pid"));
+        let threads: Vec<String> = std::fs::read_dir(&tasks)
+            .expect("the worker's threads")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim().to_owned())
+            .collect();
+        assert!(
+            threads.iter().any(|t| t == "jemalloc_bg_thd"),
+            "{threads:?}"
+        );
+    }
 
     env.publish(&envelope(
         1,

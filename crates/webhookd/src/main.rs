@@ -86,7 +86,6 @@ struct PublishArgs {
 }
 
 fn main() -> ExitCode {
-    memory::limit_arenas();
     let cli = Cli::parse();
     let config = match Config::from_env() {
         Ok(c) => c,

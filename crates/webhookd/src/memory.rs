@@ -1,19 +1,17 @@
-//! The allocator's arenas. glibc's malloc gives threads up to 8 arenas per core and each keeps the memory
-//! freed into it, so a worker whose allocations move between runtime and blocking threads holds far more
-//! than it uses. One arena is enough for a process whose work runs on a couple of runtime threads: the
-//! worker's peak RSS in the slow-endpoint benchmark fell from 67 to 60 MiB at the same rate.
+//! The memory allocator: jemalloc, with one arena and a background thread that hands freed memory back.
+//!
+//! Measured in the benchmarks (docs/benchmarks.md): with glibc's malloc limited to one arena, malloc, free
+//! and the arena's lock took about a quarter of the worker's CPU at full load, and more arenas held more
+//! memory. jemalloc's per-thread caches keep the runtime threads from contending, so one arena is enough.
 
-/// Arenas glibc's malloc may use, unless the environment's `MALLOC_ARENA_MAX` says otherwise.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const ARENAS: libc::c_int = 1;
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// Limits glibc's malloc to `ARENAS` arenas; call before any other thread starts.
-pub fn limit_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets one of malloc's parameters, and no other thread exists yet.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, ARENAS);
-        }
-    }
-}
+/// jemalloc's options, read at the first allocation; the `_RJEM_MALLOC_CONF` environment variable
+/// overrides them. Freed pages go back to the system after a second, by jemalloc's own thread rather than
+/// by the threads delivering webhooks.
+#[cfg(not(target_env = "msvc"))]
+#[export_name = "_rjem_malloc_conf"]
+pub static MALLOC_CONF: Option<&'static u8> =
+    Some(&b"narenas:1,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0]);
