@@ -84,21 +84,6 @@ async fn healthz_readyz_and_metrics_answer_as_documented() {
         (200, json!({"database": "ok", "broker": "ok"}))
     );
     assert_eq!(worker.metric("webhookd_broker_connected").await, Some(1.0));
-    // webhookd's allocator options are in effect: jemalloc runs its own thread to hand memory back.
-    #[cfg(target_os = "linux")]
-    {
-        let tasks = format!("/proc/{}/task", worker.child.id().expect("worker pid"));
-        let threads: Vec<String> = std::fs::read_dir(&tasks)
-            .expect("the worker's threads")
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .map(|name| name.trim().to_owned())
-            .collect();
-        assert!(
-            threads.iter().any(|t| t == "jemalloc_bg_thd"),
-            "{threads:?}"
-        );
-    }
-
     env.publish(&envelope(
         1,
         "PROJECT_DELETED",
@@ -291,4 +276,64 @@ async fn the_database_pool_hands_out_the_connection_used_last() {
 async fn backend(client: &tokio_postgres::Client) -> i32 {
     let row = client.query_one("SELECT pg_backend_pid()", &[]).await;
     row.unwrap().get(0)
+}
+
+/// The names of the threads of process `pid`.
+#[cfg(target_os = "linux")]
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_allocator_runs_with_the_built_in_options_unless_the_environment_overrides_them() {
+    let env = TestEnv::new(|_| {}).await;
+    let mut built_in = worker(&env, &env.database_url, WATCHED_LOG);
+    let mut cmd = env.webhookd();
+    cmd.env("DATABASE_URL", &env.database_url)
+        .env("RUST_LOG", WATCHED_LOG)
+        .env("_RJEM_MALLOC_CONF", "background_thread:false");
+    let mut overridden = WorkerProcess::watch(cmd, &log_path(&format!("{}-override", env.name)));
+    for w in [&built_in, &overridden] {
+        wait_for("the worker's /healthz", Duration::from_secs(30), || async {
+            w.get("/healthz").await.filter(|(status, _)| *status == 200)
+        })
+        .await;
+    }
+    // background_thread:true is only in webhookd's built-in options: jemalloc's own thread hands memory back.
+    let purger = "jemalloc_bg_thd".to_owned();
+    let threads = thread_names(built_in.child.id().expect("worker pid"));
+    assert!(threads.contains(&purger), "{threads:?}");
+    let threads = thread_names(overridden.child.id().expect("worker pid"));
+    assert!(!threads.contains(&purger), "{threads:?}");
+    built_in.kill().await;
+    overridden.kill().await;
+    let _ = std::fs::remove_file(log_path(&env.name));
+    let _ = std::fs::remove_file(log_path(&format!("{}-override", env.name)));
+}
+
+#[tokio::test]
+async fn broker_connections_use_16_kib_frames_unless_the_url_says_otherwise() {
+    let base = support::AMQP_URL;
+    let cases = [
+        (base.to_owned(), Some(webhookd_broker::FRAME_MAX)),
+        (format!("{base}?frame_max=8192"), Some(8192)),
+        // 0 takes the broker's limit, larger than webhookd's.
+        (format!("{base}?frame_max=0"), None),
+    ];
+    for (url, expected) in cases {
+        let connection = webhookd_broker::connect(&url, "webhookd-test-frames")
+            .await
+            .unwrap();
+        let frame_max = connection.configuration().frame_max();
+        match expected {
+            Some(n) => assert_eq!(frame_max, n, "{url}"),
+            None => assert!(frame_max > webhookd_broker::FRAME_MAX, "{url}: {frame_max}"),
+        }
+        connection.close(200, "done".into()).await.unwrap();
+    }
 }
