@@ -115,11 +115,13 @@ impl Dispatcher {
     /// Sends one attempt and reports how it went; never fails.
     pub async fn send(&self, attempt: Attempt<'_>) -> AttemptReport {
         let started = Instant::now();
-        let headers = self
-            .check_literal_address(&attempt.webhook.url)
-            .and_then(|()| self.headers(&attempt));
-        let headers = match headers {
-            Ok(h) => h,
+        // Parsed once: the address check and the request share it.
+        let checked = reqwest::Url::parse(&attempt.webhook.url)
+            .map_err(|e| format!("invalid URL: {e}"))
+            .and_then(|url| self.check_literal_address(&url).map(|()| url))
+            .and_then(|url| Ok((url, self.headers(&attempt)?)));
+        let (url, headers) = match checked {
+            Ok(checked) => checked,
             Err(error) => {
                 return AttemptReport {
                     result: AttemptResult::Unsendable,
@@ -132,7 +134,7 @@ impl Dispatcher {
         };
         let sent = self
             .client
-            .post(&attempt.webhook.url)
+            .post(url)
             .headers(headers)
             .body(attempt.body)
             .send()
@@ -179,8 +181,7 @@ impl Dispatcher {
     }
 
     /// The resolver is not consulted for a URL whose host is an IP address, so such addresses are checked here.
-    fn check_literal_address(&self, url: &str) -> Result<(), String> {
-        let url = reqwest::Url::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
+    fn check_literal_address(&self, url: &reqwest::Url) -> Result<(), String> {
         let ip = match url.host() {
             Some(url::Host::Ipv4(ip)) => std::net::IpAddr::V4(ip),
             Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip),
