@@ -1,6 +1,7 @@
 //! Connecting to PostgreSQL: create the database if missing, and a connection pool.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, QueueMode, RecyclingMethod};
 use tokio_postgres::{Config, NoTls};
@@ -12,9 +13,32 @@ pub fn parse_url(url: &str) -> Result<Config, StoreError> {
     Config::from_str(url).map_err(|e| StoreError::Config(format!("invalid database URL: {e}")))
 }
 
+/// How long a connection may be silent before TCP starts checking that the server is still there.
+// Pools hand out the connection used last, so the others can sit idle for hours, and a LISTEN connection is
+// idle between notifications. One dropped silently on the way (a NAT or firewall timeout) is then found out
+// by the probes within about a minute, and replaced at its next checkout, instead of by the query that meets
+// it waiting out TCP's retransmissions. The URL's own `keepalives_*` settings win.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// Seconds between keepalive probes, and probes unanswered before the connection counts as lost.
+const KEEPALIVE_PROBES: (Duration, u32) = (Duration::from_secs(10), 3);
+
+/// `config` with webhookd's keepalive settings where the URL set none.
+fn with_keepalives(mut config: Config) -> Config {
+    if config.get_keepalives_idle() == Config::new().get_keepalives_idle() {
+        config.keepalives_idle(KEEPALIVE_IDLE);
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(KEEPALIVE_PROBES.0);
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(KEEPALIVE_PROBES.1);
+    }
+    config
+}
+
 /// Opens one connection outside the pool (migrations, LISTEN), driving it on a background task.
 pub async fn connect_one(config: &Config) -> Result<tokio_postgres::Client, StoreError> {
-    let (client, connection) = config.connect(NoTls).await?;
+    let (client, connection) = with_keepalives(config.clone()).connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "database connection closed");
@@ -79,7 +103,7 @@ pub fn pool_with_options(
     size: usize,
     options: Option<&str>,
 ) -> Result<Pool, StoreError> {
-    let mut config = parse_url(url)?;
+    let mut config = with_keepalives(parse_url(url)?);
     if let Some(options) = options {
         config.options(options);
     }
@@ -105,4 +129,27 @@ pub fn pool_with_options(
 
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silent_connections_are_probed_unless_the_url_says_otherwise() {
+        let config = with_keepalives(parse_url("postgres://u@h/db").unwrap());
+        assert!(config.get_keepalives());
+        assert_eq!(config.get_keepalives_idle(), KEEPALIVE_IDLE);
+        assert_eq!(config.get_keepalives_interval(), Some(KEEPALIVE_PROBES.0));
+        assert_eq!(config.get_keepalives_retries(), Some(KEEPALIVE_PROBES.1));
+        let url =
+            "postgres://u@h/db?keepalives_idle=300&keepalives_interval=60&keepalives_retries=9";
+        let config = with_keepalives(parse_url(url).unwrap());
+        assert_eq!(config.get_keepalives_idle(), Duration::from_secs(300));
+        assert_eq!(
+            config.get_keepalives_interval(),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(config.get_keepalives_retries(), Some(9));
+    }
 }
