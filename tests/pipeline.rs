@@ -472,11 +472,11 @@ async fn a_claim_written_again_after_a_lost_reply_is_still_its_own() {
     let env = TestEnv::new(|_| {}).await;
     let client = env.pool.get().await.unwrap();
     let batch = [new_event(Some("evt-in-doubt")), new_event(None)];
-    let stored = events::claim_events(&**client, &batch).await.unwrap();
+    let stored = events::claim_events(&client, &batch).await.unwrap();
     assert!(stored.iter().all(|c| c.fresh));
-    let again = events::claim_events(&**client, &batch).await.unwrap();
+    let again = events::claim_events(&client, &batch).await.unwrap();
     assert_eq!(again, stored, "the same write, tried again, is still fresh");
-    let republished = events::claim_events(&**client, &[new_event(Some("evt-in-doubt"))])
+    let republished = events::claim_events(&client, &[new_event(Some("evt-in-doubt"))])
         .await
         .unwrap();
     assert_eq!(republished[0].event_id, stored[0].event_id);
@@ -491,7 +491,7 @@ async fn two_copies_of_an_event_in_one_claim_batch_are_delivered_once() {
     let env = TestEnv::new(|_| {}).await;
     let client = env.pool.get().await.unwrap();
     let copies = [new_event(Some("evt-twice")), new_event(Some("evt-twice"))];
-    let claims = events::claim_events(&**client, &copies).await.unwrap();
+    let claims = events::claim_events(&client, &copies).await.unwrap();
     assert_eq!(claims[0].event_id, claims[1].event_id);
     assert_eq!(
         claims.iter().filter(|c| c.fresh).count(),

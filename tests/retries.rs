@@ -624,7 +624,7 @@ async fn a_hanging_retry_does_not_hold_the_slots_of_other_retries() {
     let body = event(1);
     let client = env.pool.get().await.unwrap();
     let claims = claim_events(
-        &**client,
+        &client,
         &[NewEvent {
             id: uuid::Uuid::new_v4(),
             organization: 1,

@@ -83,12 +83,10 @@ pub async fn write_attempts(
     let tx = client.transaction().await?;
     // Always a write, so the commit is a synchronous one even without rows: it also makes the event claims
     // committed asynchronously before it durable before their messages are acked.
-    let first = tx
-        .execute(
-            "INSERT INTO log_writes (id) VALUES ($1) ON CONFLICT DO NOTHING",
-            &[&write_id],
-        )
+    let mark = tx
+        .prepare_cached("INSERT INTO log_writes (id) VALUES ($1) ON CONFLICT DO NOTHING")
         .await?;
+    let first = tx.execute(&mark, &[&write_id]).await?;
     if first == 0 {
         return Ok(Vec::new());
     }

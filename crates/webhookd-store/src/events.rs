@@ -41,7 +41,7 @@ pub struct Claim {
 /// stored it: its row carries this claim's token (written now, or by an earlier try of the same write whose
 /// reply was lost). Any other conflict, on the producer id or on the event id, is not fresh.
 pub async fn claim_events(
-    client: &impl GenericClient,
+    client: &impl deadpool_postgres::GenericClient,
     events: &[NewEvent],
 ) -> Result<Vec<Claim>, StoreError> {
     let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
@@ -52,15 +52,30 @@ pub async fn claim_events(
     let bodies: Vec<&str> = events.iter().map(|e| e.body.as_str()).collect();
     let tokens: Vec<Uuid> = events.iter().map(|e| e.claim_token).collect();
     // Copies of one event in the same batch share an id: only one row, and so one token, comes back.
-    let inserted = client
-        .query(
+    // Prepared once per connection: a claim is on the way to the receiver, and an unprepared statement
+    // costs a round trip and a parse of its own.
+    let insert = client
+        .prepare_cached(
             "INSERT INTO events (id, organization, project, action, producer_id, body, claim_token)
              SELECT u.id, u.organization, u.project, u.action, u.producer_id, u.body::json, u.claim_token
                FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::uuid[])
                     AS u(id, organization, project, action, producer_id, body, claim_token)
              ON CONFLICT DO NOTHING
              RETURNING claim_token",
-            &[&ids, &orgs, &projects, &actions, &producer_ids, &bodies, &tokens],
+        )
+        .await?;
+    let inserted = client
+        .query(
+            &insert,
+            &[
+                &ids,
+                &orgs,
+                &projects,
+                &actions,
+                &producer_ids,
+                &bodies,
+                &tokens,
+            ],
         )
         .await?;
     let stored: HashSet<Uuid> = inserted.iter().map(|r| r.get::<_, Uuid>(0)).collect();
@@ -194,15 +209,14 @@ pub async fn load_event(
 
 /// Reads the stored events among `ids`: (id, organization, body) of those that exist.
 pub async fn load_events(
-    client: &impl GenericClient,
+    client: &impl deadpool_postgres::GenericClient,
     ids: &[Uuid],
 ) -> Result<Vec<(Uuid, i64, String)>, StoreError> {
-    let rows = client
-        .query(
-            "SELECT id, organization, body::text FROM events WHERE id = ANY($1)",
-            &[&ids],
-        )
+    // Prepared once per connection: every retry message reads its events.
+    let select = client
+        .prepare_cached("SELECT id, organization, body::text FROM events WHERE id = ANY($1)")
         .await?;
+    let rows = client.query(&select, &[&ids]).await?;
     Ok(rows
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))

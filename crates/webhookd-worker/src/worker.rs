@@ -94,7 +94,7 @@ impl Shared {
         let mut backoff = database_backoff();
         loop {
             let result = match self.pool.get().await {
-                Ok(client) => events::load_events(&**client, ids).await,
+                Ok(client) => events::load_events(&client, ids).await,
                 Err(e) => Err(e.into()),
             };
             match result {
@@ -129,7 +129,7 @@ impl Flush for ClaimWriter {
     type Resp = Claim;
     async fn flush(&self, batch: &[NewEvent], _: Uuid) -> Result<Vec<Claim>, StoreError> {
         // Claims carry their own tokens, which tell a claim made again from another message's.
-        noted(async { events::claim_events(&**self.0.get().await?, batch).await }.await)
+        noted(async { events::claim_events(&self.0.get().await?, batch).await }.await)
     }
 }
 

@@ -56,7 +56,7 @@ pub async fn test(
     let envelope = json!({"version": 1, "organization": principal.organization, "action": PING,
         "project": null, "payload": {"webhook": {"id": id}}});
     events::claim_events(
-        &**client,
+        &client,
         &[NewEvent {
             id: event_id.0,
             organization: principal.organization,
