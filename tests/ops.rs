@@ -292,7 +292,11 @@ fn thread_names(pid: u32) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_allocator_runs_with_the_built_in_options_unless_the_environment_overrides_them() {
     let env = TestEnv::new(|_| {}).await;
-    let mut built_in = worker(&env, &env.database_url, WATCHED_LOG);
+    let mut cmd = env.webhookd();
+    cmd.env("DATABASE_URL", &env.database_url)
+        .env("RUST_LOG", WATCHED_LOG)
+        .env_remove("_RJEM_MALLOC_CONF");
+    let mut built_in = WorkerProcess::watch(cmd, &log_path(&env.name));
     let mut cmd = env.webhookd();
     cmd.env("DATABASE_URL", &env.database_url)
         .env("RUST_LOG", WATCHED_LOG)

@@ -14,29 +14,33 @@ pub fn parse_url(url: &str) -> Result<Config, StoreError> {
 }
 
 /// How long a connection may be silent before TCP starts checking that the server is still there.
-// Pools hand out the connection used last, so the others can sit idle for hours, and a LISTEN connection is
+// Pools hand out the connection used last, so the others can sit idle for hours, and the LISTEN connection is
 // idle between notifications. One dropped silently on the way (a NAT or firewall timeout) is then found out
-// by the probes within about a minute, and replaced at its next checkout, instead of by the query that meets
-// it waiting out TCP's retransmissions. The URL's own `keepalives_*` settings win.
+// by the probes within about a minute, and replaced (at its next checkout, or by the listener reconnecting),
+// instead of by the query that meets it waiting out TCP's retransmissions. `keepalives_*` in the URL win,
+// and `keepalives=0` turns the probes off.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
-/// Seconds between keepalive probes, and probes unanswered before the connection counts as lost.
-const KEEPALIVE_PROBES: (Duration, u32) = (Duration::from_secs(10), 3);
+/// Time between keepalive probes.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered keepalive probes after which the connection counts as lost.
+const KEEPALIVE_RETRIES: u32 = 3;
 
 /// `config` with webhookd's keepalive settings where the URL set none.
-fn with_keepalives(mut config: Config) -> Config {
+pub(crate) fn with_keepalives(mut config: Config) -> Config {
     if config.get_keepalives_idle() == Config::new().get_keepalives_idle() {
         config.keepalives_idle(KEEPALIVE_IDLE);
     }
     if config.get_keepalives_interval().is_none() {
-        config.keepalives_interval(KEEPALIVE_PROBES.0);
+        config.keepalives_interval(KEEPALIVE_INTERVAL);
     }
     if config.get_keepalives_retries().is_none() {
-        config.keepalives_retries(KEEPALIVE_PROBES.1);
+        config.keepalives_retries(KEEPALIVE_RETRIES);
     }
     config
 }
 
-/// Opens one connection outside the pool (migrations, LISTEN), driving it on a background task.
+/// Opens one connection outside the pool (migrations, the server's `postgres` database), driving it on a
+/// background task.
 pub async fn connect_one(config: &Config) -> Result<tokio_postgres::Client, StoreError> {
     let (client, connection) = with_keepalives(config.clone()).connect(NoTls).await?;
     tokio::spawn(async move {
@@ -140,8 +144,8 @@ mod tests {
         let config = with_keepalives(parse_url("postgres://u@h/db").unwrap());
         assert!(config.get_keepalives());
         assert_eq!(config.get_keepalives_idle(), KEEPALIVE_IDLE);
-        assert_eq!(config.get_keepalives_interval(), Some(KEEPALIVE_PROBES.0));
-        assert_eq!(config.get_keepalives_retries(), Some(KEEPALIVE_PROBES.1));
+        assert_eq!(config.get_keepalives_interval(), Some(KEEPALIVE_INTERVAL));
+        assert_eq!(config.get_keepalives_retries(), Some(KEEPALIVE_RETRIES));
         let url =
             "postgres://u@h/db?keepalives_idle=300&keepalives_interval=60&keepalives_retries=9";
         let config = with_keepalives(parse_url(url).unwrap());
@@ -151,5 +155,7 @@ mod tests {
             Some(Duration::from_secs(60))
         );
         assert_eq!(config.get_keepalives_retries(), Some(9));
+        let config = with_keepalives(parse_url("postgres://u@h/db?keepalives=0").unwrap());
+        assert!(!config.get_keepalives());
     }
 }

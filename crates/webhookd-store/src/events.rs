@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use deadpool_postgres::GenericClient as PooledClient;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
@@ -41,7 +42,7 @@ pub struct Claim {
 /// stored it: its row carries this claim's token (written now, or by an earlier try of the same write whose
 /// reply was lost). Any other conflict, on the producer id or on the event id, is not fresh.
 pub async fn claim_events(
-    client: &impl deadpool_postgres::GenericClient,
+    client: &impl PooledClient,
     events: &[NewEvent],
 ) -> Result<Vec<Claim>, StoreError> {
     let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
@@ -209,7 +210,7 @@ pub async fn load_event(
 
 /// Reads the stored events among `ids`: (id, organization, body) of those that exist.
 pub async fn load_events(
-    client: &impl deadpool_postgres::GenericClient,
+    client: &impl PooledClient,
     ids: &[Uuid],
 ) -> Result<Vec<(Uuid, i64, String)>, StoreError> {
     // Prepared once per connection: every retry message reads its events.

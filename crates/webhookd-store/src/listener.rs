@@ -4,7 +4,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use crate::database::parse_url;
+use crate::database::{parse_url, with_keepalives};
 use crate::StoreError;
 
 /// The notification channel the schema's triggers notify on; the payload is the organization id.
@@ -19,7 +19,7 @@ pub struct ChangeListener {
 impl ChangeListener {
     /// Connects and starts listening.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let (client, mut connection) = parse_url(url)?.connect(NoTls).await?;
+        let (client, mut connection) = with_keepalives(parse_url(url)?).connect(NoTls).await?;
         let (tx, changes) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));

@@ -296,3 +296,58 @@ pub fn describe(e: &reqwest::Error) -> String {
         format!("{kind}: {detail}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use webhookd_core::SigningSecret;
+
+    fn webhook(url: &str, headers: &[(&str, &str)]) -> Subscription {
+        Subscription {
+            id: 1,
+            organization: 1,
+            project: None,
+            url: url.to_owned(),
+            send_payload: true,
+            send_for_all_actions: true,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            is_active: true,
+            actions: Default::default(),
+            secrets: vec![SigningSecret::generate()],
+        }
+    }
+
+    #[tokio::test]
+    async fn an_attempt_that_cannot_be_sent_says_why_and_is_final() {
+        let dispatcher =
+            Dispatcher::new(Duration::from_secs(1), 1024, NetworkPolicy::new(Vec::new())).unwrap();
+        let cases = [
+            (webhook("not a url", &[]), "invalid URL: "),
+            (webhook("http://127.0.0.1:9/hook", &[]), BLOCKED),
+            (
+                webhook("http://webhook.invalid/hook", &[("bad name", "x")]),
+                "static header name \"bad name\" is not a valid HTTP header name",
+            ),
+        ];
+        for (webhook, expected) in cases {
+            let event_id = EventId::new();
+            let report = dispatcher
+                .send(Attempt {
+                    webhook: &webhook,
+                    delivery_id: DeliveryId::derive(event_id, webhook.id, 0),
+                    event_id,
+                    action: "PROJECT_CREATED",
+                    attempt: 1,
+                    body: Bytes::from_static(b"{}"),
+                })
+                .await;
+            assert_eq!(report.result, AttemptResult::Unsendable, "{}", webhook.url);
+            assert_eq!(report.http_status, None);
+            let error = report.error.unwrap_or_default();
+            assert!(error.starts_with(expected), "{}: {error}", webhook.url);
+        }
+    }
+}

@@ -175,7 +175,7 @@ impl Config {
             return Err(ConfigError::Invalid {
                 var: "AMQP_URL",
                 value: redact_url(&amqp_url),
-                expected: "an amqp:// URL whose frame_max, if set, is 0 or at least 4096",
+                expected: "a valid amqp:// URL (frame_max, if set: 0 or at least 4096)",
             });
         }
         // Set but empty (or "none") means no retries; unset means the default schedule.
@@ -432,8 +432,8 @@ mod tests {
             ("WEBHOOK_RETRY_SCHEDULE", "5,soon", "WEBHOOK_RETRY_SCHEDULE=\"5,soon\" is invalid: expected comma-separated waits in seconds, e.g. 5,300,1800"),
             ("WEBHOOK_RETRY_CLIENT_ERRORS", "maybe", "WEBHOOK_RETRY_CLIENT_ERRORS=\"maybe\" is invalid: expected true or false"),
             ("AMQP_URL", "http://u:secret@h", "AMQP_URL=\"http://u:***@h\" is invalid: expected an amqp:// URL (amqps:// is not supported by this build)"),
-            ("AMQP_URL", "amqp://h/%2f?frame_max=512", "AMQP_URL=\"amqp://h/%2f?frame_max=512\" is invalid: expected an amqp:// URL whose frame_max, if set, is 0 or at least 4096"),
-            ("AMQP_URL", "amqp://h/%2f?frame_max=16k", "AMQP_URL=\"amqp://h/%2f?frame_max=16k\" is invalid: expected an amqp:// URL whose frame_max, if set, is 0 or at least 4096"),
+            ("AMQP_URL", "amqp://h/%2f?frame_max=512", "AMQP_URL=\"amqp://h/%2f?frame_max=512\" is invalid: expected a valid amqp:// URL (frame_max, if set: 0 or at least 4096)"),
+            ("AMQP_URL", "amqp://h/%2f?frame_max=16k", "AMQP_URL=\"amqp://h/%2f?frame_max=16k\" is invalid: expected a valid amqp:// URL (frame_max, if set: 0 or at least 4096)"),
             ("WEBHOOKD_ALLOWED_NETWORKS", "10.0.0.0/99", "WEBHOOKD_ALLOWED_NETWORKS=\"10.0.0.0/99\" is invalid: expected comma-separated CIDR networks, e.g. 127.0.0.0/8,::1/128"),
             ("LOG_FORMAT", "xml", "LOG_FORMAT=\"xml\" is invalid: expected json or text"),
             ("RUST_LOG", "webhookd=loud", "RUST_LOG=\"webhookd=loud\" is invalid: expected a log filter, e.g. info or warn,webhookd_worker=debug"),

@@ -14,6 +14,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 // prefix of tikv-jemalloc-sys's default build; tests/ops.rs checks that the options are in effect.
 #[cfg(unix)]
 #[export_name = "_rjem_malloc_conf"]
+// SAFETY: the pointer comes from a C string literal, which is 'static and NUL-terminated.
 static MALLOC_CONF: Option<&std::ffi::c_char> = Some(unsafe {
     &*c"narenas:1,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr()
 });
