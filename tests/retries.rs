@@ -552,6 +552,36 @@ async fn retries_of_many_deliveries_travel_together_and_each_is_made() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retries_of_one_event_to_several_webhooks_each_get_their_own_body() {
+    let env = TestEnv::new(|_| {}).await; // schedule 0.2 s, 0.4 s
+    let rx = Receiver::start().await;
+    for path in ["/full", "/bare"] {
+        rx.script(path, |n| {
+            (if n == 0 { 503 } else { 200 }, vec![], Duration::ZERO)
+        });
+    }
+    let (full, _) = env.webhook(NewWebhook::new(1, None, rx.url("/full"))).await;
+    let mut bare = NewWebhook::new(1, None, rx.url("/bare"));
+    bare.send_payload = false;
+    let (bare, _) = env.webhook(bare).await;
+    let worker = env.start_worker().await;
+    env.publish(&event(7)).await;
+    // Both first attempts fail together, so their retries travel in one message and share its event.
+    let first = rx.wait_for("/full", 2, DEADLINE).await;
+    let second = rx.wait_for("/bare", 2, DEADLINE).await;
+    assert_eq!(
+        first[1].json(),
+        json!({"action": "PROJECT_DELETED", "project": {"id": 7}})
+    );
+    assert_eq!(second[1].json(), json!({"action": "PROJECT_DELETED"}));
+    for webhook in [full, bare] {
+        let rows = wait_rows(&env, webhook, 2).await;
+        assert_eq!((rows[1].0, rows[1].1.as_str()), (2, "succeeded"));
+    }
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_write_made_again_after_a_lost_reply_counts_once() {
     use webhookd_core::endpoint_health::HealthSignal;
     use webhookd_store::delivery_log::{write_attempts, AttemptRow, Outcome};

@@ -3,7 +3,7 @@
 //! its retry tasks confirmed by the broker; anything less and it is redelivered.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -253,7 +253,8 @@ async fn process_retry(
 }
 
 /// Makes the attempts of `due` tasks, each once it has a retry slot. The message's events are read in one
-/// query once its first task has a slot, and each is parsed when its attempt starts. Retry slots are apart
+/// query once its first task has a slot, and each is parsed when the first of its attempts starts (the
+/// others of the message share it). Retry slots are apart
 /// from the inline delivery slots, so hanging receivers in the slow lane cannot take those that healthy
 /// webhooks need.
 async fn retry_attempts(
@@ -275,35 +276,33 @@ async fn retry_attempts(
                 Some(slot) => Some(slot),
                 None => shared.retry_slots.acquire().await.ok(),
             };
-            let event =
-                stored.map(|(organization, body)| parse_stored(shared, task, *organization, body));
+            let event = stored.map(|(organization, body, parsed)| {
+                parsed.get_or_init(|| parse_stored(shared, task, *organization, body))
+            });
             // Less than one ladder step left: wait it out here so that no attempt is ever early.
             tokio::time::sleep(task.remaining(now_ms())).await;
             // Boxed: a task still waiting for its slot then holds a pointer, not an attempt's state.
-            Box::pin(retry_attempt(
-                shared,
-                task,
-                webhook.as_deref(),
-                event.as_ref(),
-            ))
-            .await
+            Box::pin(retry_attempt(shared, task, webhook.as_deref(), event)).await
         }
     });
     Ok(futures::future::join_all(attempts).await)
 }
 
-/// Reads the stored events of `tasks` in one query: organization and body by id.
+/// A stored event: its organization, its envelope, and the envelope parsed once a task needs it.
+type Stored = (i64, String, OnceLock<Loaded>);
+
+/// Reads the stored events of `tasks` in one query, by id.
 async fn load_events(
     shared: &Shared,
     tasks: &[RetryTask],
-) -> Result<HashMap<uuid::Uuid, (i64, String)>, HandleError> {
+) -> Result<HashMap<uuid::Uuid, Stored>, HandleError> {
     let mut ids: Vec<uuid::Uuid> = tasks.iter().map(|t| t.event_id).collect();
     ids.sort_unstable();
     ids.dedup();
     let stored = shared.load_events(&ids).await?;
     Ok(stored
         .into_iter()
-        .map(|(id, organization, body)| (id, (organization, body)))
+        .map(|(id, organization, body)| (id, (organization, body, OnceLock::new())))
         .collect())
 }
 
