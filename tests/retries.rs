@@ -193,6 +193,14 @@ async fn consecutive_failures_turn_a_webhook_off_and_a_success_resets_the_count(
         env.publish(&event(n)).await;
     }
     wait_rows(&env, bad, 3).await;
+    // Turning it off reaches the worker by notification, within a second (not before the next message).
+    let cache = worker.worker.cache().clone();
+    wait_for(
+        "the cache sees the failing webhook off",
+        Duration::from_secs(1),
+        || async { (!cache.snapshot().get(bad)?.is_active).then_some(()) },
+    )
+    .await;
     env.publish(&event(3)).await;
     wait_rows(&env, mixed, 4).await;
     let state = |id: i64| {
