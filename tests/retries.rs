@@ -592,18 +592,13 @@ async fn the_retries_of_one_event_to_several_webhooks_each_get_their_own_body() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_write_made_again_after_a_lost_reply_counts_once() {
     use webhookd_core::endpoint_health::HealthSignal;
-    use webhookd_store::delivery_log::{write_attempts, AttemptRow, Outcome};
+    use webhookd_store::delivery_log::{write_attempts, AttemptRow, DeliveryKey, Outcome};
     let env = TestEnv::new(|_| {}).await;
     let (id, _) = env
         .webhook(NewWebhook::new(1, None, "http://127.0.0.1:9/h"))
         .await;
     let row = AttemptRow {
-        delivery_id: uuid::Uuid::new_v4(),
-        event_id: uuid::Uuid::new_v4(),
-        webhook_id: id,
-        organization: 1,
-        action: "PROJECT_DELETED".into(),
-        chunk: 0,
+        key: DeliveryKey::new(webhookd_core::EventId::new(), id, 1, "PROJECT_DELETED", 0),
         attempt: 1,
         outcome: Outcome::Failed,
         http_status: Some(500),

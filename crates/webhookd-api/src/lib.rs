@@ -17,8 +17,8 @@ use axum::routing::{get, post, MethodRouter};
 use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
+use webhookd_dispatch::Dispatcher;
 use webhookd_store::{database, migrate, StoreError};
-use webhookd_worker::dispatch::Dispatcher;
 
 pub use state::{ApiSettings, AppState};
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use webhookd_broker::Topology;
 use webhookd_core::{Catalog, NetworkPolicy};
+use webhookd_dispatch::Dispatcher;
 use webhookd_store::Pool;
-use webhookd_worker::dispatch::Dispatcher;
 
 use crate::broker::Broker;
 

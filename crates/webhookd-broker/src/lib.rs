@@ -1,9 +1,11 @@
 //! RabbitMQ for webhookd: the topology, confirmed publishing, and the retry task message.
 
+pub mod inbound;
 pub mod publisher;
 pub mod retry_task;
 pub mod topology;
 
+pub use inbound::{Inbound, QueueKind};
 pub use publisher::{ConfirmedPublisher, PublishError};
 pub use retry_task::RetryTask;
 pub use topology::Topology;

@@ -24,6 +24,11 @@ pub struct ActionSpec {
     pub organization_only: bool,
 }
 
+/// The action of test pings: not in the catalog, so producers cannot publish it.
+pub const PING: &str = "PING";
+/// The action logged for a delivery whose event is no longer stored (so its action is unknown).
+pub const UNKNOWN_ACTION: &str = "";
+
 /// The twelve built-in Label Studio actions: (action, name, key, many, organization-only), in `/info/` order.
 const BUILTIN: [(&str, &str, &str, bool, bool); 12] = [
     ("PROJECT_CREATED", "Project created", "project", false, true),

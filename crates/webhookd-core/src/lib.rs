@@ -2,6 +2,7 @@
 //! subscription matching, Standard Webhooks signatures and the retry policy.
 
 pub mod actions;
+pub mod attempt;
 pub mod body;
 pub mod endpoint_health;
 pub mod event;
@@ -10,9 +11,11 @@ pub mod network_policy;
 pub mod python_json;
 pub mod retry_policy;
 pub mod signature;
+pub mod static_headers;
 pub mod subscription;
 
 pub use actions::{ActionSpec, Catalog};
+pub use attempt::AttemptReport;
 pub use event::{Event, EventError};
 pub use ids::{DeliveryId, EventId};
 pub use network_policy::NetworkPolicy;

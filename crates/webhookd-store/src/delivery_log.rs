@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Client;
 use uuid::Uuid;
 use webhookd_core::endpoint_health::{summarize, HealthSignal};
+use webhookd_core::{AttemptReport, DeliveryId, EventId};
 
 use crate::StoreError;
 
@@ -29,9 +30,9 @@ impl Outcome {
     }
 }
 
-/// One attempt, as logged.
-#[derive(Debug, Clone)]
-pub struct AttemptRow {
+/// The delivery an attempt belongs to: the columns every attempt of it shares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryKey {
     /// The delivery (the `webhook-id` header).
     pub delivery_id: Uuid,
     /// The event.
@@ -42,8 +43,35 @@ pub struct AttemptRow {
     pub organization: i64,
     /// The action.
     pub action: String,
-    /// The batch of the event.
+    /// The chunk of the event's instance list.
     pub chunk: i32,
+}
+
+impl DeliveryKey {
+    /// The key of chunk `chunk` of `event_id` to `webhook_id`, whose delivery id is derived from them.
+    pub fn new(
+        event_id: EventId,
+        webhook_id: i64,
+        organization: i64,
+        action: &str,
+        chunk: u32,
+    ) -> Self {
+        Self {
+            delivery_id: DeliveryId::derive(event_id, webhook_id, chunk).0,
+            event_id: event_id.0,
+            webhook_id,
+            organization,
+            action: action.to_owned(),
+            chunk: chunk as i32,
+        }
+    }
+}
+
+/// One attempt, as logged.
+#[derive(Debug, Clone)]
+pub struct AttemptRow {
+    /// The delivery.
+    pub key: DeliveryKey,
     /// Attempt number, 1 = first.
     pub attempt: i32,
     /// How it ended.
@@ -60,6 +88,44 @@ pub struct AttemptRow {
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// What the attempt says of the webhook's health; `None` if no request was made.
     pub health: Option<HealthSignal>,
+}
+
+impl AttemptRow {
+    /// The row of attempt number `attempt`, made and answered as `report` says, ending as `outcome`.
+    pub fn made(
+        key: DeliveryKey,
+        attempt: u32,
+        outcome: Outcome,
+        report: AttemptReport,
+        next_attempt_at: Option<DateTime<Utc>>,
+    ) -> Self {
+        Self {
+            key,
+            attempt: attempt as i32,
+            outcome,
+            http_status: report.http_status.map(|s| s as i16),
+            duration_ms: report.duration_ms(),
+            health: HealthSignal::of(report.result),
+            error: report.error,
+            response_excerpt: report.excerpt,
+            next_attempt_at,
+        }
+    }
+
+    /// The row of attempt number `attempt` that will not be made: dead, with the reason.
+    pub fn abandoned(key: DeliveryKey, attempt: u32, reason: &str) -> Self {
+        Self {
+            key,
+            attempt: attempt as i32,
+            outcome: Outcome::Dead,
+            http_status: None,
+            duration_ms: 0,
+            error: Some(reason.to_owned()),
+            response_excerpt: None,
+            next_attempt_at: None,
+            health: None,
+        }
+    }
 }
 
 /// Webhooks turned off by a batch: after a 410, or after too many consecutive failures.
@@ -90,13 +156,12 @@ pub async fn write_attempts(
     if first == 0 {
         return Ok(Vec::new());
     }
-    let col = |f: &dyn Fn(&AttemptRow) -> Uuid| rows.iter().map(|r| f(r)).collect::<Vec<Uuid>>();
-    let delivery_ids = col(&|r| r.delivery_id);
-    let event_ids = col(&|r| r.event_id);
-    let webhook_ids: Vec<i64> = rows.iter().map(|r| r.webhook_id).collect();
-    let orgs: Vec<i64> = rows.iter().map(|r| r.organization).collect();
-    let actions: Vec<&str> = rows.iter().map(|r| r.action.as_str()).collect();
-    let chunks: Vec<i32> = rows.iter().map(|r| r.chunk).collect();
+    let delivery_ids: Vec<Uuid> = rows.iter().map(|r| r.key.delivery_id).collect();
+    let event_ids: Vec<Uuid> = rows.iter().map(|r| r.key.event_id).collect();
+    let webhook_ids: Vec<i64> = rows.iter().map(|r| r.key.webhook_id).collect();
+    let orgs: Vec<i64> = rows.iter().map(|r| r.key.organization).collect();
+    let actions: Vec<&str> = rows.iter().map(|r| r.key.action.as_str()).collect();
+    let chunks: Vec<i32> = rows.iter().map(|r| r.key.chunk).collect();
     let attempts: Vec<i32> = rows.iter().map(|r| r.attempt).collect();
     let outcomes: Vec<&str> = rows.iter().map(|r| r.outcome.as_str()).collect();
     let statuses: Vec<Option<i16>> = rows.iter().map(|r| r.http_status).collect();
@@ -134,7 +199,7 @@ pub async fn write_attempts(
 
     let changes = summarize(
         rows.iter()
-            .filter_map(|r| r.health.map(|h| (r.webhook_id, h))),
+            .filter_map(|r| r.health.map(|h| (r.key.webhook_id, h))),
     );
     let mut disabled = Vec::new();
     if !changes.is_empty() {

@@ -19,7 +19,7 @@ const HOLD: Duration = Duration::from_millis(5);
 
 /// What to do with a finished message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settle {
+pub(crate) enum Settle {
     /// Done: remove it from the queue.
     Ack,
     /// Not done: put it back for redelivery.
@@ -33,20 +33,20 @@ enum Report {
 
 /// A handle to the acknowledging task of one channel.
 #[derive(Clone)]
-pub struct Acks {
+pub(crate) struct Acks {
     tx: mpsc::UnboundedSender<Report>,
 }
 
 impl Acks {
     /// Starts the task for `channel`; it stops, after settling what it was told, once every handle is gone.
-    pub fn spawn(channel: Channel) -> (Self, JoinHandle<()>) {
+    pub(crate) fn spawn(channel: Channel) -> (Self, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (Self { tx }, tokio::spawn(run(channel, rx)))
     }
 
     /// Records that the message `tag` was delivered; call it before the message's handler starts, and
     /// hand the handler what it returns.
-    pub fn received(&self, tag: u64) -> Pending {
+    pub(crate) fn received(&self, tag: u64) -> Pending {
         let _ = self.tx.send(Report::Received(tag));
         Pending {
             acks: self.clone(),
@@ -58,7 +58,7 @@ impl Acks {
 
 /// A message being handled. Dropped unsettled (its handler panicked or was aborted), it is requeued, so
 /// that it neither holds a prefetch slot nor keeps the acks of the messages after it waiting.
-pub struct Pending {
+pub(crate) struct Pending {
     acks: Acks,
     tag: u64,
     settled: bool,
@@ -66,7 +66,7 @@ pub struct Pending {
 
 impl Pending {
     /// Settles the message.
-    pub fn settle(mut self, settle: Settle) {
+    pub(crate) fn settle(mut self, settle: Settle) {
         self.send(settle);
     }
 

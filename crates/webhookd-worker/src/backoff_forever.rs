@@ -5,7 +5,7 @@ use std::time::Duration;
 use backoff::{ExponentialBackoff, ExponentialBackoffBuilder};
 
 /// Backoff from `initial` doubling to `max`, forever.
-pub fn backoff_forever(initial: Duration, max: Duration) -> ExponentialBackoff {
+pub(crate) fn backoff_forever(initial: Duration, max: Duration) -> ExponentialBackoff {
     ExponentialBackoffBuilder::new()
         .with_initial_interval(initial)
         .with_max_interval(max)
@@ -14,6 +14,6 @@ pub fn backoff_forever(initial: Duration, max: Duration) -> ExponentialBackoff {
 }
 
 /// The rhythm of database retries: 0.1 s doubling to 5 s.
-pub fn database_backoff() -> ExponentialBackoff {
+pub(crate) fn database_backoff() -> ExponentialBackoff {
     backoff_forever(Duration::from_millis(100), Duration::from_secs(5))
 }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use webhookd_store::StoreError;
 
 /// One kind of batched write.
-pub trait Flush: Send + Sync + 'static {
+pub(crate) trait Flush: Send + Sync + 'static {
     /// What a caller submits.
     type Req: Send + 'static;
     /// What each caller gets back.
@@ -28,13 +28,25 @@ pub trait Flush: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Self::Resp>, StoreError>> + Send;
 }
 
+/// Records how a database write went in the health metrics.
+pub(crate) fn record_db_health<T>(result: Result<T, StoreError>) -> Result<T, StoreError> {
+    match &result {
+        Ok(_) => webhookd_metrics::DATABASE_UP.set(1),
+        Err(_) => {
+            webhookd_metrics::DATABASE_UP.set(0);
+            webhookd_metrics::DB_WRITE_FAILURES.inc();
+        }
+    }
+    result
+}
+
 /// The batching task has stopped (the worker is shutting down).
 #[derive(Debug, thiserror::Error)]
 #[error("the {0} writer has stopped")]
-pub struct Stopped(&'static str);
+pub(crate) struct Stopped(&'static str);
 
 /// A handle to submit requests to a batching task.
-pub struct Batcher<F: Flush> {
+pub(crate) struct Batcher<F: Flush> {
     name: &'static str,
     tx: mpsc::Sender<(F::Req, oneshot::Sender<F::Resp>)>,
 }
@@ -50,13 +62,13 @@ impl<F: Flush> Clone for Batcher<F> {
 
 impl<F: Flush> Batcher<F> {
     /// Starts the task; it writes up to `max_batch` requests at a time and stops once every handle is gone.
-    pub fn spawn(name: &'static str, flusher: F, max_batch: usize) -> Self {
+    pub(crate) fn spawn(name: &'static str, flusher: F, max_batch: usize) -> Self {
         Self::spawn_lingering(name, flusher, max_batch, Duration::ZERO)
     }
 
     /// Like `spawn`, but a batch that is not full waits up to `linger` for more requests before it is
     /// written: fewer, larger writes for callers that can afford the wait.
-    pub fn spawn_lingering(
+    pub(crate) fn spawn_lingering(
         name: &'static str,
         flusher: F,
         max_batch: usize,
@@ -68,7 +80,7 @@ impl<F: Flush> Batcher<F> {
     }
 
     /// Submits one request and waits until it is written.
-    pub async fn submit(&self, req: F::Req) -> Result<F::Resp, Stopped> {
+    pub(crate) async fn submit(&self, req: F::Req) -> Result<F::Resp, Stopped> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send((req, done))

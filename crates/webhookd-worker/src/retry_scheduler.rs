@@ -22,7 +22,7 @@ const LINGER: Duration = Duration::from_millis(5);
 
 /// Why scheduled tasks were not confirmed.
 #[derive(Debug, thiserror::Error)]
-pub enum ScheduleError {
+pub(crate) enum ScheduleError {
     /// The broker did not confirm a message holding some of them.
     #[error(transparent)]
     Publish(Arc<PublishError>),
@@ -33,13 +33,13 @@ pub enum ScheduleError {
 
 /// Hands retry tasks to the broker, batched; cheap to clone.
 #[derive(Clone)]
-pub struct RetryScheduler {
+pub(crate) struct RetryScheduler {
     tasks: Batcher<TaskPublisher>,
 }
 
 impl RetryScheduler {
     /// Starts scheduling through `publisher` onto the ladder and retry queue of `topology`.
-    pub fn spawn(publisher: ConfirmedPublisher, topology: Topology) -> Self {
+    pub(crate) fn spawn(publisher: ConfirmedPublisher, topology: Topology) -> Self {
         let tasks = Batcher::spawn_lingering(
             "retry task",
             TaskPublisher {
@@ -54,7 +54,7 @@ impl RetryScheduler {
 
     /// Puts `tasks` on the delay ladder (or straight on the retry queue when due) and returns once the
     /// broker has confirmed every one of them.
-    pub async fn schedule(&self, tasks: Vec<RetryTask>) -> Result<(), ScheduleError> {
+    pub(crate) async fn schedule(&self, tasks: Vec<RetryTask>) -> Result<(), ScheduleError> {
         if tasks.is_empty() {
             return Ok(());
         }

@@ -9,18 +9,18 @@ use std::time::{Duration, Instant};
 use webhookd_core::AttemptResult;
 
 /// How long a webhook stays in the slow lane after a slow attempt (unless a quick success ends it sooner).
-pub const SLOW_FOR: Duration = Duration::from_secs(30);
+pub(crate) const SLOW_FOR: Duration = Duration::from_secs(30);
 
 /// Webhooks currently in the slow lane.
 #[derive(Debug)]
-pub struct SlowLane {
+pub(crate) struct SlowLane {
     timeout: Duration,
     until: Mutex<HashMap<i64, Instant>>,
 }
 
 impl SlowLane {
     /// A lane for attempts limited to `timeout`.
-    pub fn new(timeout: Duration) -> Self {
+    pub(crate) fn new(timeout: Duration) -> Self {
         Self {
             timeout,
             until: Mutex::new(HashMap::new()),
@@ -28,7 +28,7 @@ impl SlowLane {
     }
 
     /// Whether deliveries to `webhook` should be deferred now.
-    pub fn is_slow(&self, webhook: i64) -> bool {
+    pub(crate) fn is_slow(&self, webhook: i64) -> bool {
         let mut until = self.until.lock().unwrap_or_else(|p| p.into_inner());
         match until.get(&webhook) {
             Some(t) if *t > Instant::now() => true,
@@ -41,19 +41,19 @@ impl SlowLane {
     }
 
     /// How long an attempt may take before its webhook counts as slow: half the timeout.
-    pub fn threshold(&self) -> Duration {
+    pub(crate) fn threshold(&self) -> Duration {
         self.timeout / 2
     }
 
     /// Puts `webhook` in the slow lane now.
-    pub fn mark(&self, webhook: i64) {
+    pub(crate) fn mark(&self, webhook: i64) {
         let mut until = self.until.lock().unwrap_or_else(|p| p.into_inner());
         until.insert(webhook, Instant::now() + SLOW_FOR);
     }
 
     /// Records how an attempt to `webhook` went: slow (at least half the timeout) marks it, a quick
     /// answer clears it.
-    pub fn observe(&self, webhook: i64, result: AttemptResult, took: Duration) {
+    pub(crate) fn observe(&self, webhook: i64, result: AttemptResult, took: Duration) {
         let slow = took >= self.threshold();
         let answered = matches!(result, AttemptResult::Status { .. });
         let mut until = self.until.lock().unwrap_or_else(|p| p.into_inner());

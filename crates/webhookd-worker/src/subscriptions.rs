@@ -76,7 +76,7 @@ impl SubscriptionCache {
 }
 
 /// Keeps `cache` current until `stop`: listens for changes, reconnecting with backoff.
-pub async fn keep_current(
+pub(crate) async fn keep_current(
     cache: SubscriptionCache,
     pool: Pool,
     database_url: String,

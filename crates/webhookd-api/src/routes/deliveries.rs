@@ -18,9 +18,10 @@ use webhookd_store::{events, webhooks};
 
 use crate::error::ApiError;
 use crate::extract::{JsonBody, Principal};
-use crate::routes::webhook_test::{ping_body, PING};
+use crate::routes::webhook_test::ping_body;
 use crate::routes::{drf_time, parse_id};
 use crate::state::AppState;
+use webhookd_core::actions::PING;
 
 /// Most redeliveries one recover request queues.
 pub const RECOVER_LIMIT: i64 = 10_000;
@@ -239,7 +240,7 @@ pub async fn detail(
     headers.insert("content-type".into(), json!("application/json"));
     headers.insert(
         "user-agent".into(),
-        json!(webhookd_worker::dispatch::DEFAULT_USER_AGENT),
+        json!(webhookd_dispatch::DEFAULT_USER_AGENT),
     );
     if let Some(w) = &webhook {
         for (k, v) in &w.headers {

@@ -6,20 +6,17 @@ use axum::extract::{Path, State};
 use axum::Json;
 use serde::Serialize;
 use serde_json::json;
-use webhookd_core::endpoint_health::HealthSignal;
+use webhookd_core::actions::PING;
 use webhookd_core::{python_json, AttemptResult, DeliveryId, EventId};
-use webhookd_store::delivery_log::{self, AttemptRow, Outcome};
+use webhookd_dispatch::AttemptRequest;
+use webhookd_store::delivery_log::{self, AttemptRow, DeliveryKey, Outcome};
 use webhookd_store::events::{self, NewEvent};
 use webhookd_store::webhooks;
-use webhookd_worker::dispatch::Attempt;
 
 use crate::error::ApiError;
 use crate::extract::Principal;
 use crate::routes::parse_id;
 use crate::state::AppState;
-
-/// The action name of test pings (not in the catalog: producers cannot publish it).
-pub const PING: &str = "PING";
 
 /// The body of a test ping, as Python's `json.dumps` writes it.
 pub fn ping_body(webhook_id: i64) -> Vec<u8> {
@@ -68,10 +65,11 @@ pub async fn test(
         }],
     )
     .await?;
-    let delivery_id = DeliveryId::derive(event_id, id, 0);
+    let key = DeliveryKey::new(event_id, id, principal.organization, PING, 0);
+    let delivery_id = DeliveryId(key.delivery_id);
     let report = state
         .dispatcher
-        .send(Attempt {
+        .send(AttemptRequest {
             webhook: &webhook,
             delivery_id,
             event_id,
@@ -92,23 +90,16 @@ pub async fn test(
     } else {
         Outcome::Dead
     };
-    let health = HealthSignal::of(report.result);
-    let row = AttemptRow {
-        delivery_id: delivery_id.0,
-        event_id: event_id.0,
-        webhook_id: id,
-        organization: principal.organization,
-        action: PING.to_owned(),
-        chunk: 0,
-        attempt: 1,
-        outcome,
-        http_status: report.http_status.map(|s| s as i16),
-        duration_ms: report.duration.as_millis().min(i32::MAX as u128) as i32,
+    let shown = TestOutcome {
+        delivery_id: delivery_id.to_string(),
+        event_id: event_id.to_string(),
+        status: outcome.as_str().to_owned(),
+        http_status: report.http_status,
+        duration_ms: report.duration.as_millis() as u64,
         error: report.error.clone(),
         response_excerpt: report.excerpt.clone(),
-        next_attempt_at: None,
-        health,
     };
+    let row = AttemptRow::made(key, 1, outcome, report, None);
     delivery_log::write_attempts(
         &mut client,
         uuid::Uuid::now_v7(),
@@ -116,13 +107,5 @@ pub async fn test(
         state.settings.max_consecutive_failures,
     )
     .await?;
-    Ok(Json(TestOutcome {
-        delivery_id: delivery_id.to_string(),
-        event_id: event_id.to_string(),
-        status: outcome.as_str().to_owned(),
-        http_status: report.http_status,
-        duration_ms: report.duration.as_millis() as u64,
-        error: report.error,
-        response_excerpt: report.excerpt,
-    }))
+    Ok(Json(shown))
 }

@@ -1,0 +1,92 @@
+//! What every message handler shares: the settings, the subscription cache, the writers, the HTTP client and
+//! the limits on concurrent attempts; and, per broker session, where handlers publish.
+
+use tokio::sync::Semaphore;
+use webhookd_broker::ConfirmedPublisher;
+use webhookd_dispatch::Dispatcher;
+use webhookd_store::Pool;
+
+use crate::batcher::Batcher;
+use crate::claim_writer::ClaimWriter;
+use crate::log_writer::LogWriter;
+use crate::retry_scheduler::RetryScheduler;
+use crate::settings::WorkerSettings;
+use crate::slow_lane::SlowLane;
+use crate::subscriptions::SubscriptionCache;
+
+/// Inline attempts per delivery slot that may wait for one.
+const ATTEMPTS_PER_SLOT: usize = 8;
+
+/// What every message handler shares.
+pub(crate) struct WorkerContext {
+    /// Settings.
+    pub(crate) settings: WorkerSettings,
+    /// Webhooks, in memory.
+    pub(crate) cache: SubscriptionCache,
+    /// Batched event claims.
+    pub(crate) claims: Batcher<ClaimWriter>,
+    /// Batched delivery-log writes.
+    pub(crate) log: Batcher<LogWriter>,
+    /// The HTTP client.
+    pub(crate) dispatcher: Dispatcher,
+    /// Database connections.
+    pub(crate) pool: Pool,
+    /// Bounds the inline HTTP attempts in flight, so a fan-out to many webhooks cannot open unbounded
+    /// requests.
+    pub(crate) delivery_slots: Semaphore,
+    /// Bounds the attempts made from the retry queue at once, apart from the inline ones.
+    pub(crate) retry_slots: Semaphore,
+    /// Bounds the inline attempts that exist at once, waiting or sending, so that the memory of a large
+    /// fan-out does not grow with the prefetch (an event with more attempts than the whole budget waits
+    /// for all of it).
+    pub(crate) attempt_budget: Semaphore,
+    /// Webhooks whose deliveries are deferred to the retry queue instead of being waited on inline.
+    pub(crate) slow_lane: SlowLane,
+}
+
+impl WorkerContext {
+    /// The context of a worker with `settings`, writing through `claims` and `log`.
+    pub(crate) fn new(
+        settings: WorkerSettings,
+        cache: SubscriptionCache,
+        pool: Pool,
+        claims: Batcher<ClaimWriter>,
+        log: Batcher<LogWriter>,
+    ) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            dispatcher: Dispatcher::new(
+                settings.timeout,
+                settings.response_excerpt_bytes,
+                settings.network_policy.clone(),
+            )?,
+            claims,
+            log,
+            cache,
+            pool,
+            delivery_slots: Semaphore::new(settings.max_concurrent_deliveries.max(1)),
+            retry_slots: Semaphore::new(usize::from(settings.retry_prefetch.max(1))),
+            attempt_budget: Semaphore::new(attempt_budget(&settings)),
+            slow_lane: SlowLane::new(settings.timeout),
+            settings,
+        })
+    }
+
+    /// Inline attempts that may exist at once.
+    pub(crate) fn attempt_budget(&self) -> usize {
+        attempt_budget(&self.settings)
+    }
+}
+
+/// Inline attempts that may exist at once: enough to keep every delivery slot busy with work queued behind it.
+fn attempt_budget(settings: &WorkerSettings) -> usize {
+    settings.max_concurrent_deliveries.max(1) * ATTEMPTS_PER_SLOT
+}
+
+/// Where the handlers of one broker session publish.
+#[derive(Clone)]
+pub(crate) struct Outbox {
+    /// Dead letters go out one by one.
+    pub(crate) publisher: ConfirmedPublisher,
+    /// Retry tasks go out batched.
+    pub(crate) retries: RetryScheduler,
+}
