@@ -361,7 +361,7 @@ async fn broker_unreachable_for_ten_seconds() {
     let (status, body) = worker.get("/readyz").await.expect("read /readyz");
     assert_eq!(
         (status, body.as_str()),
-        (200, r#"{"database":"ok","broker":"ok"}"#)
+        (200, r#"{"database":"ok","broker":"ok","writers":"ok"}"#)
     );
     worker.kill().await;
 }

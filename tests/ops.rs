@@ -81,7 +81,10 @@ async fn healthz_readyz_and_metrics_answer_as_documented() {
     let (status, body) = worker.get("/readyz").await.expect("GET /readyz");
     assert_eq!(
         (status, serde_json::from_str::<Value>(&body).unwrap()),
-        (200, json!({"database": "ok", "broker": "ok"}))
+        (
+            200,
+            json!({"database": "ok", "broker": "ok", "writers": "ok"})
+        )
     );
     assert_eq!(worker.metric("webhookd_broker_connected").await, Some(1.0));
     env.publish(&envelope(

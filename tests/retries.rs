@@ -611,7 +611,7 @@ async fn a_log_write_made_again_after_a_lost_reply_counts_once() {
     let mut client = env.pool.get().await.unwrap();
     let write = uuid::Uuid::now_v7();
     for _ in 0..2 {
-        write_attempts(&mut client, write, &[&row], 50)
+        write_attempts(&mut client, write, &[&row], &[], 50)
             .await
             .unwrap();
     }
@@ -631,7 +631,7 @@ async fn a_log_write_made_again_after_a_lost_reply_counts_once() {
         (1, 1),
         "the second write of the same id changed nothing"
     );
-    write_attempts(&mut client, uuid::Uuid::now_v7(), &[&row], 50)
+    write_attempts(&mut client, uuid::Uuid::now_v7(), &[&row], &[], 50)
         .await
         .unwrap();
     assert_eq!(counted().await, (2, 2), "another write counts");

@@ -418,10 +418,11 @@ impl WorkerProcess {
     }
 }
 
-/// The value of the unlabelled series `name` in Prometheus text.
+/// The value of the series `name` in Prometheus text (labels included in `name`, as exported:
+/// `webhookd_writer_stalled{writer="delivery_log"}`).
 pub fn metric_value(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|line| {
-        let (series, value) = line.split_once(' ')?;
+        let (series, value) = line.rsplit_once(' ')?;
         (series == name).then(|| value.trim().parse().ok())?
     })
 }

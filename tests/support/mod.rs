@@ -82,6 +82,8 @@ impl TestEnv {
             network_policy: NetworkPolicy::new(
                 NetworkPolicy::parse_networks("127.0.0.0/8").unwrap(),
             ),
+            max_event_bytes: 1 << 20,
+            stall_after: Duration::from_secs(30),
         };
         tweak(&mut settings);
         settings.topology = Topology::new(

@@ -1,5 +1,5 @@
 //! Operations endpoints: `/healthz` (the process is alive), `/readyz` (database and broker reachable,
-//! topology declared) and `/metrics` (Prometheus text).
+//! topology declared, no writer stalled) and `/metrics` (Prometheus text).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
+use webhookd_metrics::WriterProgress;
 use webhookd_store::Pool;
 
 use crate::broker::Broker;
@@ -26,6 +27,11 @@ pub struct Readiness {
     pub worker_broker: Option<Arc<AtomicBool>>,
     /// The API's broker connection, when this process runs the API.
     pub api_broker: Option<Arc<Broker>>,
+    /// The worker's batching writers, when this process runs one: a writer that has held work it has not
+    /// committed for `stall_after` makes the process unready.
+    pub writers: Vec<Arc<WriterProgress>>,
+    /// `WEBHOOKD_STALL_AFTER`.
+    pub stall_after: Duration,
 }
 
 /// The three endpoints.
@@ -70,17 +76,28 @@ async fn ready(State(r): State<Arc<Readiness>>) -> impl IntoResponse {
                 .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()));
         }
     }
+    let now = std::time::Instant::now();
+    let stalls: Vec<String> = r
+        .writers
+        .iter()
+        .filter_map(|w| w.stall(r.stall_after, now))
+        .map(|stall| stall.to_string())
+        .collect();
     let show = |r: &Result<(), String>| match r {
         Ok(()) => json!("ok"),
         Err(e) => json!(e),
     };
-    let status = if database.is_ok() && broker.is_ok() {
+    let status = if database.is_ok() && broker.is_ok() && stalls.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({"database": show(&database), "broker": show(&broker)})),
-    )
+    let mut body = json!({"database": show(&database), "broker": show(&broker)});
+    if !r.writers.is_empty() {
+        body["writers"] = match stalls.is_empty() {
+            true => json!("ok"),
+            false => json!(stalls.join("; ")),
+        };
+    }
+    (status, Json(body))
 }

@@ -1,11 +1,15 @@
 //! Every Prometheus series webhookd exports, defined once; `/metrics` renders them in the text format.
 
+mod progress;
+
+pub use progress::{Stall, WriterProgress};
+
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The registry behind `/metrics`.
@@ -31,7 +35,8 @@ fn gauge(name: &str, help: &str) -> IntGauge {
     register(IntGauge::new(name, help).unwrap_or_else(|_| unreachable!("valid metric {name}")))
 }
 
-/// Messages taken from the work queue, by what became of them: delivered, no_subscribers, duplicate, malformed.
+/// Messages taken from the work queue, by what became of them: delivered, no_subscribers, duplicate,
+/// malformed, unstorable (the database refused to store the event).
 pub static EVENTS_CONSUMED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "webhookd_events_consumed_total",
@@ -149,6 +154,44 @@ pub static CACHED_WEBHOOKS: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+/// The writers whose stall is watched (their `writer` label).
+pub const WRITERS: [&str; 3] = ["event_claim", "delivery_log", "retry_task"];
+
+/// Seconds each batching writer has held work it has not committed (0 while it keeps up).
+pub static WRITER_STALL_SECONDS: LazyLock<GaugeVec> = LazyLock::new(|| {
+    let opts = Opts::new(
+        "webhookd_writer_stall_seconds",
+        "Seconds a batching writer has held work it has not committed (0 while it keeps up).",
+    );
+    register(GaugeVec::new(opts, &["writer"]).unwrap_or_else(|_| unreachable!("valid gauge")))
+});
+
+/// 1 while a batching writer has held uncommitted work for `WEBHOOKD_STALL_AFTER` or longer.
+pub static WRITER_STALLED: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    let opts = Opts::new(
+        "webhookd_writer_stalled",
+        "1 while a batching writer has committed nothing for WEBHOOKD_STALL_AFTER or longer.",
+    );
+    register(IntGaugeVec::new(opts, &["writer"]).unwrap_or_else(|_| unreachable!("valid gauge")))
+});
+
+/// Requests a writer isolated from its batch because the database refused them for good.
+pub static WRITES_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "webhookd_writes_refused_total",
+        "Requests a batching writer isolated because the database refused them for good (permanent errors).",
+        &["writer"],
+    )
+});
+
+/// Events a delivery-log write stored again because they were missing (lost in a database crash).
+pub static EVENTS_RESTORED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "webhookd_events_restored_total",
+        "Events a delivery-log write stored again because a database crash had lost their claim.",
+    )
+});
+
 /// Counts one unit in `gauge` for as long as it lives, so that a task aborted midway still gives it back.
 pub struct Held(&'static IntGauge);
 
@@ -182,6 +225,7 @@ pub fn render() -> String {
         &*DEAD_LETTERS,
         &*LOG_ROWS,
         &*DB_WRITE_FAILURES,
+        &*EVENTS_RESTORED,
     ] {
         c.inc_by(0);
     }
@@ -197,7 +241,18 @@ pub fn render() -> String {
     for r in ["confirmed", "failed"] {
         PUBLISHES.with_label_values(&[r]).inc_by(0);
     }
-    for r in ["delivered", "no_subscribers", "duplicate", "malformed"] {
+    for w in WRITERS {
+        WRITER_STALL_SECONDS.with_label_values(&[w]).add(0.0);
+        WRITER_STALLED.with_label_values(&[w]).add(0);
+        WRITES_REFUSED.with_label_values(&[w]).inc_by(0);
+    }
+    for r in [
+        "delivered",
+        "no_subscribers",
+        "duplicate",
+        "malformed",
+        "unstorable",
+    ] {
         EVENTS_CONSUMED.with_label_values(&[r]).inc_by(0);
     }
     // A labelled series shows once it has a child: one per outcome here. (`webhookd_delivery_attempts_total`
@@ -238,6 +293,9 @@ mod tests {
             "webhookd_publishes_total{result=\"confirmed\"}",
             "webhookd_broker_connected",
             "webhookd_database_up",
+            "webhookd_writer_stall_seconds{writer=\"delivery_log\"} 0",
+            "webhookd_writer_stalled{writer=\"event_claim\"} 0",
+            "webhookd_writes_refused_total{writer=\"retry_task\"} 0",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }

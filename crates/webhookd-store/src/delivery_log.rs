@@ -6,6 +6,7 @@ use uuid::Uuid;
 use webhookd_core::endpoint_health::{summarize, HealthSignal};
 use webhookd_core::{AttemptReport, DeliveryId, EventId};
 
+use crate::events::{self, NewEvent};
 use crate::StoreError;
 
 /// How an attempt ended.
@@ -91,6 +92,23 @@ pub struct AttemptRow {
 }
 
 impl AttemptRow {
+    /// The row with the text taken from the receiver's answer (error and response excerpt) replaced by a note
+    /// that says why it is not stored: what a log write does when the database refused the row as it was.
+    pub fn without_network_text(mut self, why: &str) -> Self {
+        self.response_excerpt = None;
+        self.error = Some(format!("(the answer's text is not stored: {why})"));
+        self
+    }
+
+    /// About how many bytes the row adds to a log write.
+    pub fn bytes(&self) -> usize {
+        const FIXED: usize = 160;
+        FIXED
+            + self.key.action.len()
+            + self.error.as_ref().map_or(0, String::len)
+            + self.response_excerpt.as_ref().map_or(0, String::len)
+    }
+
     /// The row of attempt number `attempt`, made and answered as `report` says, ending as `outcome`.
     pub fn made(
         key: DeliveryKey,
@@ -137,24 +155,56 @@ pub struct Disabled {
     pub consecutive_failures: i32,
 }
 
+/// What a log write did besides storing its rows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogWritten {
+    /// Webhooks it turned off.
+    pub disabled: Vec<Disabled>,
+    /// Events it stored again because they were missing (a database crash lost their claim).
+    pub restored: Vec<Uuid>,
+}
+
 /// Writes `rows` and updates the webhooks' `consecutive_failures` (turning off those that reach
-/// `max_consecutive_failures` when it is positive, and those that answered 410) in one transaction, once
-/// per `write_id`: the same write made again (its first commit's reply was lost) changes nothing.
+/// `max_consecutive_failures` when it is positive, and those that answered 410) in one synchronous
+/// transaction, once per `write_id`: the same write made again (its first commit's reply was lost) changes
+/// nothing.
+///
+/// `keep` are the events the rows, and the retry tasks that follow them, rely on. Their claims may have been
+/// committed without waiting for the WAL flush, and a database crash can lose such a commit after the claim's
+/// reply; the write checks that each is stored and stores again those that are not, so that once it commits
+/// (synchronously, which flushes every earlier commit of the same server too) every one of them is durable.
 pub async fn write_attempts(
     client: &mut Client,
     write_id: Uuid,
     rows: &[&AttemptRow],
+    keep: &[&NewEvent],
     max_consecutive_failures: i32,
-) -> Result<Vec<Disabled>, StoreError> {
+) -> Result<LogWritten, StoreError> {
     let tx = client.transaction().await?;
-    // Always a write, so the commit is a synchronous one even without rows: it also makes the event claims
-    // committed asynchronously before it durable before their messages are acked.
+    // Always a write, so the commit is a synchronous one even without rows.
     let mark = tx
-        .prepare_cached("INSERT INTO log_writes (id) VALUES ($1) ON CONFLICT DO NOTHING")
+        .prepare_cached(
+            "WITH mark AS (INSERT INTO log_writes (id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1)
+             SELECT EXISTS (SELECT 1 FROM mark),
+                    ARRAY(SELECT u.id FROM unnest($2::uuid[]) AS u(id)
+                           WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = u.id))",
+        )
         .await?;
-    let first = tx.execute(&mark, &[&write_id]).await?;
-    if first == 0 {
-        return Ok(Vec::new());
+    let keep_ids: Vec<Uuid> = keep.iter().map(|e| e.id).collect();
+    let marked = tx.query_one(&mark, &[&write_id, &keep_ids]).await?;
+    let (first, missing): (bool, Vec<Uuid>) = (marked.try_get(0)?, marked.try_get(1)?);
+    if !first {
+        return Ok(LogWritten::default());
+    }
+    let mut written = LogWritten::default();
+    if !missing.is_empty() {
+        let lost: Vec<&NewEvent> = keep
+            .iter()
+            .copied()
+            .filter(|e| missing.contains(&e.id))
+            .collect();
+        events::insert_events(&tx, &lost).await?;
+        written.restored = missing;
     }
     let delivery_ids: Vec<Uuid> = rows.iter().map(|r| r.key.delivery_id).collect();
     let event_ids: Vec<Uuid> = rows.iter().map(|r| r.key.event_id).collect();
@@ -201,7 +251,6 @@ pub async fn write_attempts(
         rows.iter()
             .filter_map(|r| r.health.map(|h| (r.key.webhook_id, h))),
     );
-    let mut disabled = Vec::new();
     if !changes.is_empty() {
         let ids: Vec<i64> = changes.iter().map(|c| c.webhook_id).collect();
         let resets: Vec<bool> = changes.iter().map(|c| c.reset).collect();
@@ -234,17 +283,17 @@ pub async fn write_attempts(
             )
             .await?;
         for row in updated {
-            let (is_active, was_active): (bool, bool) = (row.get(2), row.get(3));
+            let (is_active, was_active): (bool, bool) = (row.try_get(2)?, row.try_get(3)?);
             if was_active && !is_active {
-                disabled.push(Disabled {
-                    webhook_id: row.get(0),
-                    consecutive_failures: row.get(1),
+                written.disabled.push(Disabled {
+                    webhook_id: row.try_get(0)?,
+                    consecutive_failures: row.try_get(1)?,
                 });
             }
         }
     }
     tx.commit().await?;
-    Ok(disabled)
+    Ok(written)
 }
 
 /// Forgets the ids of log writes older than a day (a write is made again within seconds, not days).

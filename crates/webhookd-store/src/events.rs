@@ -1,6 +1,7 @@
 //! Events: claimed (stored) before delivery so that a re-published event is delivered once, and read back
 //! for retries and redeliveries.
 
+use std::borrow::Borrow;
 use std::collections::HashSet;
 
 use deadpool_postgres::GenericClient as PooledClient;
@@ -41,45 +42,16 @@ pub struct Claim {
 /// Stores a batch of events; returns one claim per event, in order. An event is fresh when this handling
 /// stored it: its row carries this claim's token (written now, or by an earlier try of the same write whose
 /// reply was lost). Any other conflict, on the producer id or on the event id, is not fresh.
-pub async fn claim_events(
+pub async fn claim_events<E: Borrow<NewEvent>>(
     client: &impl PooledClient,
-    events: &[NewEvent],
+    events: &[E],
 ) -> Result<Vec<Claim>, StoreError> {
-    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
-    let orgs: Vec<i64> = events.iter().map(|e| e.organization).collect();
-    let projects: Vec<Option<i64>> = events.iter().map(|e| e.project).collect();
-    let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
-    let producer_ids: Vec<Option<&str>> = events.iter().map(|e| e.producer_id.as_deref()).collect();
-    let bodies: Vec<&str> = events.iter().map(|e| e.body.as_str()).collect();
-    let tokens: Vec<Uuid> = events.iter().map(|e| e.claim_token).collect();
-    // Copies of one event in the same batch share an id: only one row, and so one token, comes back.
-    // Prepared once per connection: a claim is on the way to the receiver, and an unprepared statement
-    // costs a round trip and a parse of its own.
-    let insert = client
-        .prepare_cached(
-            "INSERT INTO events (id, organization, project, action, producer_id, body, claim_token)
-             SELECT u.id, u.organization, u.project, u.action, u.producer_id, u.body::json, u.claim_token
-               FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::uuid[])
-                    AS u(id, organization, project, action, producer_id, body, claim_token)
-             ON CONFLICT DO NOTHING
-             RETURNING claim_token",
-        )
-        .await?;
-    let inserted = client
-        .query(
-            &insert,
-            &[
-                &ids,
-                &orgs,
-                &projects,
-                &actions,
-                &producer_ids,
-                &bodies,
-                &tokens,
-            ],
-        )
-        .await?;
-    let stored: HashSet<Uuid> = inserted.iter().map(|r| r.get::<_, Uuid>(0)).collect();
+    let events: Vec<&NewEvent> = events.iter().map(Borrow::borrow).collect();
+    let inserted = insert_events(client, &events).await?;
+    let stored: HashSet<Uuid> = inserted
+        .iter()
+        .map(|r| r.try_get::<_, Uuid>(0))
+        .collect::<Result<_, _>>()?;
     let mut claims: Vec<Claim> = events
         .iter()
         .map(|e| Claim {
@@ -91,7 +63,7 @@ pub async fn claim_events(
         .iter()
         .zip(&claims)
         .filter(|(_, c)| !c.fresh)
-        .map(|(e, _)| e)
+        .map(|(e, _)| *e)
         .collect();
     if conflicted.is_empty() {
         return Ok(claims);
@@ -136,6 +108,47 @@ pub async fn claim_events(
         }
     }
     Ok(claims)
+}
+
+/// Inserts the events that are not stored yet (by id or by producer id); returns the claim tokens of those
+/// inserted. Prepared once per connection: a claim is on the way to the receiver, and an unprepared statement
+/// costs a round trip and a parse of its own.
+pub async fn insert_events(
+    client: &impl PooledClient,
+    events: &[&NewEvent],
+) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    let orgs: Vec<i64> = events.iter().map(|e| e.organization).collect();
+    let projects: Vec<Option<i64>> = events.iter().map(|e| e.project).collect();
+    let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+    let producer_ids: Vec<Option<&str>> = events.iter().map(|e| e.producer_id.as_deref()).collect();
+    let bodies: Vec<&str> = events.iter().map(|e| e.body.as_str()).collect();
+    let tokens: Vec<Uuid> = events.iter().map(|e| e.claim_token).collect();
+    // Copies of one event in the same batch share an id: only one row, and so one token, comes back.
+    let insert = client
+        .prepare_cached(
+            "INSERT INTO events (id, organization, project, action, producer_id, body, claim_token)
+             SELECT u.id, u.organization, u.project, u.action, u.producer_id, u.body::json, u.claim_token
+               FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::uuid[])
+                    AS u(id, organization, project, action, producer_id, body, claim_token)
+             ON CONFLICT DO NOTHING
+             RETURNING claim_token",
+        )
+        .await?;
+    Ok(client
+        .query(
+            &insert,
+            &[
+                &ids,
+                &orgs,
+                &projects,
+                &actions,
+                &producer_ids,
+                &bodies,
+                &tokens,
+            ],
+        )
+        .await?)
 }
 
 /// What an `Idempotency-Key` has done so far.

@@ -1,9 +1,12 @@
 //! What every message handler shares: the settings, the subscription cache, the writers, the HTTP client and
 //! the limits on concurrent attempts; and, per broker session, where handlers publish.
 
+use std::sync::Arc;
+
 use tokio::sync::Semaphore;
 use webhookd_broker::ConfirmedPublisher;
 use webhookd_dispatch::Dispatcher;
+use webhookd_metrics::WriterProgress;
 use webhookd_store::Pool;
 
 use crate::batcher::Batcher;
@@ -42,6 +45,8 @@ pub(crate) struct WorkerContext {
     pub(crate) attempt_budget: Semaphore,
     /// Webhooks whose deliveries are deferred to the retry queue instead of being waited on inline.
     pub(crate) slow_lane: SlowLane,
+    /// The stall signal of the retry-task writer (the writer itself lives as long as a broker session).
+    pub(crate) retry_progress: Arc<WriterProgress>,
 }
 
 impl WorkerContext {
@@ -67,6 +72,7 @@ impl WorkerContext {
             retry_slots: Semaphore::new(usize::from(settings.retry_prefetch.max(1))),
             attempt_budget: Semaphore::new(attempt_budget(&settings)),
             slow_lane: SlowLane::new(settings.timeout),
+            retry_progress: WriterProgress::new("retry_task"),
             settings,
         })
     }
@@ -74,6 +80,15 @@ impl WorkerContext {
     /// Inline attempts that may exist at once.
     pub(crate) fn attempt_budget(&self) -> usize {
         attempt_budget(&self.settings)
+    }
+
+    /// The stall signals of the three writers: event claims, the delivery log, retry tasks.
+    pub(crate) fn writers(&self) -> Vec<Arc<WriterProgress>> {
+        vec![
+            self.claims.progress().clone(),
+            self.log.progress().clone(),
+            self.retry_progress.clone(),
+        ]
     }
 }
 

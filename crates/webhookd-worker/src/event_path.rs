@@ -1,9 +1,10 @@
-//! The path of one event message, top to bottom: parse (or dead-letter) → claim → fan out (slow lane split,
-//! inline attempts) → commit attempts → settle. The message is acknowledged only after its log rows are
+//! The path of one event message, top to bottom: parse (or dead-letter) → claim (or dead-letter an event the
+//! database refuses to store) → fan out (slow lane split, inline attempts) → commit attempts → settle. The message is acknowledged only after its log rows are
 //! committed and its retry tasks confirmed by the broker; anything less and it is redelivered.
 
 use std::sync::Arc;
 
+use webhookd_broker::inbound::dead_letter;
 use webhookd_broker::Inbound;
 use webhookd_metrics::Held;
 
@@ -11,7 +12,7 @@ use crate::acks::Pending;
 use crate::bodies::Bodies;
 use crate::context::{Outbox, WorkerContext};
 use crate::stages::claim::{claim, ClaimOutcome, ClaimedEvent};
-use crate::stages::commit::commit_attempts;
+use crate::stages::commit::{commit_attempts, Commit};
 use crate::stages::fan_out::{fan_out, FanOut};
 use crate::stages::parse::parse_event_or_dead_letter;
 use crate::stages::settle::settle;
@@ -23,6 +24,7 @@ enum Consumed {
     Malformed,
     NoSubscribers,
     Duplicate,
+    Unstorable,
     Delivered,
 }
 
@@ -32,6 +34,7 @@ impl Consumed {
             Consumed::Malformed => "malformed",
             Consumed::NoSubscribers => "no_subscribers",
             Consumed::Duplicate => "duplicate",
+            Consumed::Unstorable => "unstorable",
             Consumed::Delivered => "delivered",
         }
     }
@@ -65,16 +68,27 @@ async fn deliver_event(
     let ClaimedEvent {
         event_id,
         subscribers,
+        stored,
     } = match claim(ctx, message, &parsed).await? {
         ClaimOutcome::NoSubscribers => return Ok(Consumed::NoSubscribers),
         ClaimOutcome::AlreadyDelivered => return Ok(Consumed::Duplicate),
+        ClaimOutcome::Unstorable(reason) => {
+            let topology = &ctx.settings.topology;
+            dead_letter(&outbox.publisher, topology, message, &message.body, &reason).await?;
+            return Ok(Consumed::Unstorable);
+        }
         ClaimOutcome::Claimed(claimed) => claimed,
     };
     let event = &parsed.event;
     let bodies = Bodies::build(&ctx.settings.catalog, ctx.settings.batch_size, event);
     let FanOut { made, deferred } = fan_out(ctx, event, event_id, &subscribers, &bodies).await;
     let deferrals = deferred.len() as u64;
-    commit_attempts(ctx, outbox, made, deferred).await?;
+    let commit = Commit {
+        made,
+        passed_on: deferred,
+        claimed: Some(stored),
+    };
+    commit_attempts(ctx, outbox, message, commit).await?;
     webhookd_metrics::RETRIES_SCHEDULED.inc_by(deferrals);
     Ok(Consumed::Delivered)
 }

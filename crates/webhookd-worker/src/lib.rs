@@ -21,6 +21,8 @@ mod settings;
 mod slow_lane;
 mod stages;
 mod subscriptions;
+#[cfg(test)]
+mod test_support;
 mod upkeep;
 mod worker;
 

@@ -1,10 +1,22 @@
-//! The delivery-log writer: commits attempt rows in batches, with the webhooks' failure counters.
+//! The delivery-log writer: commits attempt rows in batches, with the webhooks' failure counters, and makes
+//! the events they rely on durable.
+
+use std::sync::Arc;
 
 use uuid::Uuid;
-use webhookd_store::delivery_log::{self, AttemptRow};
+use webhookd_store::delivery_log::{self, AttemptRow, LogWritten};
+use webhookd_store::events::NewEvent;
 use webhookd_store::{Pool, StoreError};
 
 use crate::batcher::{record_db_health, Flush};
+
+/// What one handler logs.
+pub(crate) struct LogRequest {
+    /// Its attempts' rows (possibly none).
+    pub(crate) rows: Vec<AttemptRow>,
+    /// The events its rows and retry tasks rely on, stored again if a database crash lost their claim.
+    pub(crate) keep: Vec<Arc<NewEvent>>,
+}
 
 /// Writes delivery-log rows in batches, with the webhooks' failure counters.
 pub(crate) struct LogWriter {
@@ -23,36 +35,155 @@ impl LogWriter {
 }
 
 impl Flush for LogWriter {
-    type Req = Vec<AttemptRow>;
+    type Req = LogRequest;
     type Resp = ();
-    async fn flush(
-        &self,
-        batch: &[Vec<AttemptRow>],
-        write_id: Uuid,
-    ) -> Result<Vec<()>, StoreError> {
-        let rows: Vec<&AttemptRow> = batch.iter().flatten().collect();
-        let disabled = record_db_health(
+
+    async fn flush(&self, batch: &[LogRequest], write_id: Uuid) -> Result<Vec<()>, StoreError> {
+        let rows: Vec<&AttemptRow> = batch.iter().flat_map(|r| &r.rows).collect();
+        let keep: Vec<&NewEvent> = batch
+            .iter()
+            .flat_map(|r| r.keep.iter().map(|e| &**e))
+            .collect();
+        let written = record_db_health(
             async {
                 let mut client = self.pool.get().await?;
-                delivery_log::write_attempts(
-                    &mut client,
-                    write_id,
-                    &rows,
-                    self.max_consecutive_failures,
-                )
-                .await
+                let max = self.max_consecutive_failures;
+                delivery_log::write_attempts(&mut client, write_id, &rows, &keep, max).await
             }
             .await,
         )?;
         webhookd_metrics::LOG_ROWS.inc_by(rows.len() as u64);
         webhookd_metrics::LOG_BATCH.observe(rows.len() as f64);
-        for d in disabled {
-            tracing::warn!(
-                webhook_id = d.webhook_id,
-                consecutive_failures = d.consecutive_failures,
-                "webhook turned off (410 Gone or too many consecutive failures)"
-            );
-        }
+        report(&written);
         Ok(vec![(); batch.len()])
+    }
+
+    fn bytes(req: &LogRequest) -> usize {
+        const PER_EVENT: usize = 16;
+        req.rows.iter().map(AttemptRow::bytes).sum::<usize>() + PER_EVENT * req.keep.len()
+    }
+}
+
+fn report(written: &LogWritten) {
+    for d in &written.disabled {
+        tracing::warn!(
+            webhook_id = d.webhook_id,
+            consecutive_failures = d.consecutive_failures,
+            "webhook turned off (410 Gone or too many consecutive failures)"
+        );
+    }
+    if !written.restored.is_empty() {
+        webhookd_metrics::EVENTS_RESTORED.inc_by(written.restored.len() as u64);
+        tracing::warn!(events = written.restored.len(), event_ids = ?written.restored,
+            "events whose claims a database crash had lost were stored again before their messages were acked");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batcher::write_isolating;
+    use crate::test_support::{refusing_trigger, TestDb};
+    use webhookd_core::{AttemptReport, AttemptResult, EventId};
+    use webhookd_metrics::WriterProgress;
+    use webhookd_store::delivery_log::{DeliveryKey, Outcome};
+    use webhookd_store::events::claim_events;
+
+    fn row(excerpt: &str) -> AttemptRow {
+        let report = AttemptReport {
+            result: AttemptResult::Status {
+                code: 200,
+                retry_after: None,
+            },
+            http_status: Some(200),
+            error: None,
+            excerpt: Some(excerpt.to_owned()),
+            duration: std::time::Duration::from_millis(2),
+        };
+        let key = DeliveryKey::new(EventId::new(), 1, 1, "PROJECT_DELETED", 0);
+        AttemptRow::made(key, 1, Outcome::Succeeded, report, None)
+    }
+
+    fn request(excerpt: &str) -> LogRequest {
+        LogRequest {
+            rows: vec![row(excerpt), row(excerpt)],
+            keep: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_poisoned_row_in_the_middle_of_a_batch_is_refused_with_its_request_alone() {
+        let db = TestDb::new().await;
+        let condition = "NEW.response_excerpt LIKE '%poison%'";
+        db.execute(&refusing_trigger("delivery_attempts", condition, "22021"))
+            .await;
+        let writer = LogWriter::new(db.pool.clone(), 50);
+        let batch: Vec<LogRequest> = (0..7)
+            .map(|n| request(if n == 3 { "poison" } else { "fine" }))
+            .collect();
+        let results = write_isolating(&writer, &batch, &WriterProgress::new("delivery_log")).await;
+        let refused: Vec<usize> = (0..7).filter(|n| results[*n].is_err()).collect();
+        assert_eq!(refused, [3]);
+        assert_eq!(db.count("SELECT count(*) FROM delivery_attempts").await, 12);
+        // The rule of the commit stage: the same rows without the answer's text are accepted.
+        let why = results[3].as_ref().unwrap_err().to_string();
+        let safe = LogRequest {
+            rows: request("poison")
+                .rows
+                .into_iter()
+                .map(|r| r.without_network_text(&why))
+                .collect(),
+            keep: Vec::new(),
+        };
+        let again = write_isolating(&writer, &[safe], &WriterProgress::new("delivery_log")).await;
+        assert!(again[0].is_ok());
+        let noted = db
+            .count(
+                "SELECT count(*) FROM delivery_attempts WHERE response_excerpt IS NULL
+                   AND error = '(the answer''s text is not stored: database error: ERROR: refused by the test (SQLSTATE 22021))'",
+            )
+            .await;
+        assert_eq!(noted, 2);
+    }
+
+    #[tokio::test]
+    async fn a_log_write_stores_again_an_event_whose_claim_was_lost() {
+        let db = TestDb::new().await;
+        let event = Arc::new(NewEvent {
+            id: uuid::Uuid::now_v7(),
+            organization: 1,
+            project: Some(7),
+            action: "TASKS_CREATED".into(),
+            producer_id: Some("lost".into()),
+            body: r#"{"version": 1, "id": "lost"}"#.into(),
+            claim_token: uuid::Uuid::new_v4(),
+        });
+        let kept = Arc::new(NewEvent {
+            id: uuid::Uuid::now_v7(),
+            producer_id: Some("kept".into()),
+            ..(*event).clone()
+        });
+        {
+            let client = db.pool.get().await.unwrap();
+            claim_events(&client, std::slice::from_ref(&kept))
+                .await
+                .unwrap();
+        }
+        // `event`'s claim is not there, as after a crash that lost its asynchronous commit.
+        let writer = LogWriter::new(db.pool.clone(), 50);
+        let request = LogRequest {
+            rows: vec![row("fine")],
+            keep: vec![event.clone(), kept.clone()],
+        };
+        let results =
+            write_isolating(&writer, &[request], &WriterProgress::new("delivery_log")).await;
+        assert!(results[0].is_ok());
+        let stored = db
+            .count(&format!(
+                "SELECT count(*) FROM events WHERE id IN ('{}', '{}') AND claim_token IS NOT NULL",
+                event.id, kept.id
+            ))
+            .await;
+        assert_eq!(stored, 2);
     }
 }

@@ -12,7 +12,7 @@ use webhookd_metrics::Held;
 use crate::acks::Pending;
 use crate::context::{Outbox, WorkerContext};
 use crate::stages::attempt::AttemptMade;
-use crate::stages::commit::commit_attempts;
+use crate::stages::commit::{commit_attempts, Commit};
 use crate::stages::parse::parse_tasks_or_dead_letter;
 use crate::stages::retry_attempt::{retry_attempts, RetryOutcome};
 use crate::stages::settle::settle;
@@ -50,7 +50,12 @@ async fn retry_tasks(
         }
     }
     dead_letter_unloggable(ctx, outbox, message, unloggable).await?;
-    commit_attempts(ctx, outbox, logged, Vec::new()).await
+    let commit = Commit {
+        made: logged,
+        passed_on: Vec::new(),
+        claimed: None,
+    };
+    commit_attempts(ctx, outbox, message, commit).await
 }
 
 /// Tasks not due yet take one more step down the delay ladder, at once; the others are made here.

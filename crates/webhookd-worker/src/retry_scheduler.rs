@@ -12,7 +12,9 @@ use webhookd_broker::retry_task::{self, now_ms, MAX_TASKS_PER_MESSAGE};
 use webhookd_broker::{ConfirmedPublisher, PublishError, RetryTask, Topology};
 use webhookd_store::StoreError;
 
-use crate::batcher::{Batcher, Flush, Stopped};
+use webhookd_metrics::WriterProgress;
+
+use crate::batcher::{BatchLimits, Batcher, Flush, Stopped};
 
 /// Requests (each one handler's tasks) taken into one publish at most.
 const MAX_REQUESTS: usize = 1000;
@@ -38,30 +40,40 @@ pub(crate) struct RetryScheduler {
 }
 
 impl RetryScheduler {
-    /// Starts scheduling through `publisher` onto the ladder and retry queue of `topology`.
-    pub(crate) fn spawn(publisher: ConfirmedPublisher, topology: Topology) -> Self {
-        let tasks = Batcher::spawn_lingering(
-            "retry task",
-            TaskPublisher {
-                publisher,
-                topology,
-            },
-            MAX_REQUESTS,
-            LINGER,
-        );
-        Self { tasks }
+    /// Starts scheduling through `publisher` onto the ladder and retry queue of `topology`; `progress` is
+    /// the stall signal of the retry-task writer.
+    pub(crate) fn spawn(
+        publisher: ConfirmedPublisher,
+        topology: Topology,
+        progress: Arc<WriterProgress>,
+    ) -> Self {
+        let limits = BatchLimits {
+            requests: MAX_REQUESTS,
+            bytes: usize::MAX,
+            linger: LINGER,
+        };
+        let publisher = TaskPublisher {
+            publisher,
+            topology,
+        };
+        Self {
+            tasks: Batcher::spawn(publisher, limits, progress),
+        }
     }
 
     /// Puts `tasks` on the delay ladder (or straight on the retry queue when due) and returns once the
-    /// broker has confirmed every one of them.
+    /// broker has confirmed every one of them. Another handler's tasks in a message that failed do not fail
+    /// these.
     pub(crate) async fn schedule(&self, tasks: Vec<RetryTask>) -> Result<(), ScheduleError> {
         if tasks.is_empty() {
             return Ok(());
         }
-        self.tasks
-            .submit(tasks)
-            .await?
-            .map_err(ScheduleError::Publish)
+        match self.tasks.submit(tasks).await? {
+            Ok(published) => published.map_err(ScheduleError::Publish),
+            // Publishing refuses nothing for good: a failed message is its handlers' to handle.
+            Err(refused) => Err(ScheduleError::Publish(Arc::new(PublishError::Nacked)))
+                .inspect_err(|_| tracing::warn!(error = %refused.error, "retry tasks refused")),
+        }
     }
 }
 
@@ -79,48 +91,66 @@ impl Flush for TaskPublisher {
         batch: &[Vec<RetryTask>],
         _: Uuid,
     ) -> Result<Vec<Self::Resp>, StoreError> {
-        // A failed publish is the caller's to handle (its message goes back to the queue): retrying on a
-        // channel that failed would only stall every handler.
-        let messages = messages(&self.topology, batch.iter().flatten(), now_ms());
-        let published = futures::future::try_join_all(
-            messages
-                .iter()
-                .map(|(queue, body)| self.publisher.publish_json("", queue, body, None, None)),
-        )
-        .await
-        .map(drop)
-        .map_err(Arc::new);
-        Ok(vec![published; batch.len()])
+        // A failed publish is the callers' to handle (their messages go back to the queue): retrying on a
+        // channel that failed would only stall every handler. Each caller hears of the messages that hold its
+        // own tasks only.
+        let messages = messages(&self.topology, batch, now_ms());
+        let published = futures::future::join_all(messages.iter().map(|m| {
+            self.publisher
+                .publish_json("", &m.queue, &m.body, None, None)
+        }))
+        .await;
+        let mut results: Vec<Self::Resp> = vec![Ok(()); batch.len()];
+        for (message, result) in messages.iter().zip(published) {
+            if let Err(e) = result {
+                let e = Arc::new(e);
+                for &request in &message.requests {
+                    results[request] = Err(e.clone());
+                }
+            }
+        }
+        Ok(results)
     }
 }
 
-/// The messages that carry `tasks` at time `now_ms`: (queue, body), each body up to
-/// `MAX_TASKS_PER_MESSAGE` tasks that wait on the same queue.
-fn messages<'a>(
-    topology: &Topology,
-    tasks: impl Iterator<Item = &'a RetryTask>,
-    now_ms: i64,
-) -> Vec<(String, Vec<u8>)> {
-    let mut by_queue: BTreeMap<Option<u32>, Vec<RetryTask>> = BTreeMap::new();
-    for task in tasks {
-        by_queue
-            .entry(topology.rung_for(task.remaining(now_ms)))
-            .or_default()
-            .push(task.clone());
+/// One retry message: the queue it goes to, its body, and the requests whose tasks it carries.
+#[derive(Debug)]
+struct Message {
+    queue: String,
+    body: Vec<u8>,
+    requests: Vec<usize>,
+}
+
+/// The messages that carry the tasks of `batch` at time `now_ms`, each up to `MAX_TASKS_PER_MESSAGE` tasks
+/// that wait on the same queue.
+fn messages(topology: &Topology, batch: &[Vec<RetryTask>], now_ms: i64) -> Vec<Message> {
+    let mut by_queue: BTreeMap<Option<u32>, Vec<(usize, &RetryTask)>> = BTreeMap::new();
+    for (request, tasks) in batch.iter().enumerate() {
+        for task in tasks {
+            by_queue
+                .entry(topology.rung_for(task.remaining(now_ms)))
+                .or_default()
+                .push((request, task));
+        }
     }
-    by_queue
-        .into_iter()
-        .flat_map(|(rung, tasks)| {
-            let queue = match rung {
-                Some(rung) => topology.delay_queue(rung),
-                None => topology.retry_queue(),
-            };
-            tasks
-                .chunks(MAX_TASKS_PER_MESSAGE)
-                .map(|chunk| (queue.clone(), retry_task::encode(chunk)))
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    let mut messages = Vec::new();
+    for (rung, tasks) in by_queue {
+        let queue = match rung {
+            Some(rung) => topology.delay_queue(rung),
+            None => topology.retry_queue(),
+        };
+        for chunk in tasks.chunks(MAX_TASKS_PER_MESSAGE) {
+            let body: Vec<RetryTask> = chunk.iter().map(|(_, t)| (*t).clone()).collect();
+            let mut requests: Vec<usize> = chunk.iter().map(|(r, _)| *r).collect();
+            requests.dedup();
+            messages.push(Message {
+                queue: queue.clone(),
+                body: retry_task::encode(&body),
+                requests,
+            });
+        }
+    }
+    messages
 }
 
 #[cfg(test)]
@@ -146,10 +176,10 @@ mod tests {
         tasks.push(task(100, now + 5_000));
         tasks.push(task(101, now + 5_100));
         tasks.push(task(102, now - 10));
-        let messages = messages(&topology, tasks.iter(), now);
+        let messages = messages(&topology, &[tasks.clone()], now);
         let summary: Vec<(String, usize)> = messages
             .iter()
-            .map(|(q, body)| (q.clone(), retry_task::decode(body).unwrap().len()))
+            .map(|m| (m.queue.clone(), retry_task::decode(&m.body).unwrap().len()))
             .collect();
         assert_eq!(
             summary,
@@ -161,8 +191,62 @@ mod tests {
         );
         let all: Vec<RetryTask> = messages
             .iter()
-            .flat_map(|(_, body)| retry_task::decode(body).unwrap())
+            .flat_map(|m| retry_task::decode(&m.body).unwrap())
             .collect();
         assert_eq!(all.len(), tasks.len(), "no task is dropped or repeated");
+    }
+
+    #[tokio::test]
+    async fn a_message_the_broker_refuses_fails_only_the_handlers_whose_tasks_it_held() {
+        use crate::test_support::AMQP_URL;
+        use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+        let name = format!("whunit_{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let topology = Topology::new(format!("{name}.events"), name, Duration::from_secs(60));
+        let connection = webhookd_broker::connect(AMQP_URL, "webhookd-unit-test")
+            .await
+            .unwrap();
+        let publisher = ConfirmedPublisher::open(&connection).await.unwrap();
+        let channel = publisher.channel().clone();
+        topology.declare(&channel).await.unwrap();
+        // The queue that 5-second waits go to is gone: a message for it is unroutable.
+        let rung = topology.rung_for(Duration::from_secs(5)).unwrap();
+        channel
+            .queue_delete(
+                topology.delay_queue(rung).as_str().into(),
+                QueueDeleteOptions::default(),
+            )
+            .await
+            .unwrap();
+        let scheduler = RetryScheduler::spawn(
+            publisher.clone(),
+            topology.clone(),
+            WriterProgress::new("retry_task"),
+        );
+        let now = now_ms();
+        let (late, due) = tokio::join!(
+            scheduler.schedule(vec![task(1, now + 5_000)]),
+            scheduler.schedule(vec![task(2, now)])
+        );
+        let retry_depth = channel
+            .queue_declare(
+                topology.retry_queue().as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap()
+            .message_count();
+        let _ = topology.delete(&channel).await;
+        let _ = connection.close(200, "done".into()).await;
+        let late = late.unwrap_err().to_string();
+        assert!(late.starts_with("no queue is bound"), "{late}");
+        assert!(
+            due.is_ok(),
+            "the other handler's task was confirmed: {due:?}"
+        );
+        assert_eq!(retry_depth, 1);
     }
 }

@@ -39,4 +39,10 @@ pub struct WorkerSettings {
     pub shutdown_grace: Duration,
     /// Which addresses webhooks may reach (SSRF protection).
     pub network_policy: NetworkPolicy,
+    /// The largest event message accepted, in bytes (`WEBHOOKD_MAX_EVENT_BYTES`); larger ones are
+    /// dead-lettered.
+    pub max_event_bytes: usize,
+    /// How long a writer may hold work it has not committed before it counts as stalled
+    /// (`WEBHOOKD_STALL_AFTER`).
+    pub stall_after: Duration,
 }

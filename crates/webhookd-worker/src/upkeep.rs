@@ -1,8 +1,12 @@
-//! Hourly upkeep of the delivery log: creates tomorrow's partitions ahead of time and forgets old write ids.
+//! Background upkeep: the delivery log's partitions and write ids (hourly), and the writers' stall signal
+//! (every second).
 
-use std::time::Duration;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+use webhookd_metrics::WriterProgress;
 use webhookd_store::{delivery_log, migrate, Pool};
 
 /// Runs the upkeep every hour until `stop`.
@@ -22,6 +26,42 @@ pub(crate) async fn maintain_log(pool: Pool, stop: CancellationToken) {
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "delivery-log upkeep failed; next try in an hour");
                 }
+            }
+        }
+    }
+}
+
+/// How often the writers' stall signal is refreshed.
+const STALL_CHECK: Duration = Duration::from_secs(1);
+
+/// Refreshes the writers' stall series every second until `stop`, and logs when a writer stalls (with the
+/// last error it met: the database's message and SQLSTATE) and when it recovers.
+pub(crate) async fn watch_writers(
+    writers: Vec<Arc<WriterProgress>>,
+    after: Duration,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(STALL_CHECK);
+    let mut stalled: HashSet<&'static str> = HashSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        for writer in &writers {
+            match writer.stall(after, now) {
+                Some(stall) if stalled.insert(stall.writer) => tracing::error!(
+                    writer = stall.writer,
+                    stalled_for_s = stall.for_.as_secs(),
+                    last_error = stall.last_error.as_deref(),
+                    "writer stalled"
+                ),
+                Some(_) => {}
+                None if stalled.remove(writer.name()) => {
+                    tracing::info!(writer = writer.name(), "writer committing again")
+                }
+                None => {}
             }
         }
     }

@@ -12,11 +12,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use webhookd_broker::inbound::{consume, stop_consuming};
 use webhookd_broker::{ConfirmedPublisher, Inbound, PublishError, QueueKind};
+use webhookd_metrics::WriterProgress;
 use webhookd_store::{database, migrate, Pool, StoreError};
 
 use crate::acks::Acks;
 use crate::backoff_forever::backoff_forever;
-use crate::batcher::Batcher;
+use crate::batcher::{BatchLimits, Batcher};
 use crate::claim_writer::ClaimWriter;
 use crate::context::{Outbox, WorkerContext};
 use crate::event_path::handle_event;
@@ -25,16 +26,27 @@ use crate::retry_path::handle_retry;
 use crate::retry_scheduler::RetryScheduler;
 use crate::settings::WorkerSettings;
 use crate::subscriptions::{keep_current, SubscriptionCache};
-use crate::upkeep::maintain_log;
+use crate::upkeep::{maintain_log, watch_writers};
 
 /// How long a stopping session waits for its last acknowledgements to be sent.
 const ACKS_FLUSH: Duration = Duration::from_secs(5);
-/// Rows per log write and events per claim.
-const MAX_BATCH: usize = 1000;
-/// How long a log write that is not full waits for more rows. The rows are written after their requests
-/// were received, so the wait delays only acks, and at light load it turns one synchronous commit per
-/// event into one per few events. (Claims are on the way to the receiver and do not wait.)
-const LOG_LINGER: Duration = Duration::from_millis(5);
+/// Events per claim: on the way to the receiver, so written at once, without waiting for more.
+const CLAIMS: BatchLimits = BatchLimits {
+    requests: 1000,
+    bytes: MAX_WRITE_BYTES,
+    linger: Duration::ZERO,
+};
+/// Handlers' rows per log write. A write that is not full waits up to 5 ms for more: the rows are written
+/// after their requests were received, so the wait delays only acks, and at light load it turns one
+/// synchronous commit per event into one per few events.
+const LOG: BatchLimits = BatchLimits {
+    requests: 1000,
+    bytes: MAX_WRITE_BYTES,
+    linger: Duration::from_millis(5),
+};
+/// The most bytes of parameters in one claim or log write: far below the 1 GB a PostgreSQL message or
+/// array may hold, and large enough that a batch of ordinary events is never cut short.
+const MAX_WRITE_BYTES: usize = 32 << 20;
 
 /// Why the worker could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -87,14 +99,22 @@ impl Worker {
             background.clone(),
         ));
         tokio::spawn(maintain_log(pool.clone(), background.clone()));
-        let claims = Batcher::spawn("event claim", ClaimWriter::new(claim_pool), MAX_BATCH);
-        let log = Batcher::spawn_lingering(
-            "delivery log",
+        let claims = Batcher::spawn(
+            ClaimWriter::new(claim_pool),
+            CLAIMS,
+            WriterProgress::new("event_claim"),
+        );
+        let log = Batcher::spawn(
             LogWriter::new(pool.clone(), settings.max_consecutive_failures),
-            MAX_BATCH,
-            LOG_LINGER,
+            LOG,
+            WriterProgress::new("delivery_log"),
         );
         let ctx = WorkerContext::new(settings, cache, pool, claims, log)?;
+        tokio::spawn(watch_writers(
+            ctx.writers(),
+            ctx.settings.stall_after,
+            background.clone(),
+        ));
         Ok(Self {
             ctx: Arc::new(ctx),
             background,
@@ -110,6 +130,11 @@ impl Worker {
     /// Its database pool (readiness checks use it).
     pub fn pool(&self) -> &Pool {
         &self.ctx.pool
+    }
+
+    /// The stall signals of its writers (event claims, the delivery log, retry tasks), for `/readyz`.
+    pub fn writers(&self) -> Vec<Arc<WriterProgress>> {
+        self.ctx.writers()
     }
 
     /// The subscription cache (tests wait on its generation).
@@ -150,7 +175,11 @@ impl Worker {
         let publisher = ConfirmedPublisher::open(&connection).await?;
         topology.declare(publisher.channel()).await?;
         let outbox = Outbox {
-            retries: RetryScheduler::spawn(publisher.clone(), topology.clone()),
+            retries: RetryScheduler::spawn(
+                publisher.clone(),
+                topology.clone(),
+                self.ctx.retry_progress.clone(),
+            ),
             publisher,
         };
         let (events_channel, mut events) =

@@ -75,6 +75,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// `WEBHOOKD_SECRET_ROTATION_GRACE`.
     pub secret_grace: Duration,
+    /// `WEBHOOKD_MAX_EVENT_BYTES`: the largest event accepted.
+    pub max_event_bytes: usize,
+    /// `WEBHOOKD_STALL_AFTER`: how long a writer may hold uncommitted work before it counts as stalled.
+    pub stall_after: Duration,
     /// `RUST_LOG`: the log filter.
     pub log_filter: String,
     /// `LOG_FORMAT`: JSON lines (`Some(true)`), text (`Some(false)`), or by whether stdout is a terminal.
@@ -306,6 +310,17 @@ impl Config {
                 86_400.0,
                 "a positive number of seconds",
             )?,
+            max_event_bytes: env.parse(
+                "WEBHOOKD_MAX_EVENT_BYTES",
+                1usize << 20,
+                "a positive number of bytes",
+                |n| *n > 0,
+            )?,
+            stall_after: env.seconds(
+                "WEBHOOKD_STALL_AFTER",
+                30.0,
+                "a positive number of seconds",
+            )?,
             log_filter: env.parse(
                 "RUST_LOG",
                 "info".to_owned(),
@@ -379,6 +394,8 @@ impl Config {
             pool_size: self.pool_size,
             shutdown_grace: self.shutdown_grace,
             network_policy: self.network_policy.clone(),
+            max_event_bytes: self.max_event_bytes,
+            stall_after: self.stall_after,
         }
     }
 }

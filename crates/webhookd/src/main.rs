@@ -164,6 +164,8 @@ async fn serve(config: &Config, api: bool, worker: bool) -> Result<(), String> {
         pool,
         worker_broker: worker.as_ref().map(Worker::broker_ready),
         api_broker: state.as_ref().map(|s| s.broker.clone()),
+        writers: worker.as_ref().map(Worker::writers).unwrap_or_default(),
+        stall_after: config.stall_after,
     });
     let (listen, app) = match state {
         Some(state) => (

@@ -104,6 +104,7 @@ pub async fn test(
         &mut client,
         uuid::Uuid::now_v7(),
         &[&row],
+        &[],
         state.settings.max_consecutive_failures,
     )
     .await?;

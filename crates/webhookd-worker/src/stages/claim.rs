@@ -19,14 +19,18 @@ pub(crate) enum ClaimOutcome {
     AlreadyDelivered,
     /// The event is stored and its deliveries are this handler's to make.
     Claimed(ClaimedEvent),
+    /// The database refused to store the event for good (the reason says why).
+    Unstorable(String),
 }
 
-/// A claimed event: its id and the webhooks it goes to.
+/// A claimed event: its id, the webhooks it goes to, and its stored row.
 pub(crate) struct ClaimedEvent {
     /// The id every delivery of the event derives from.
     pub(crate) event_id: EventId,
     /// The webhooks that receive it, in id order.
     pub(crate) subscribers: Vec<Arc<Subscription>>,
+    /// The row its claim stored: the log write checks it is still there (see `LogRequest::keep`).
+    pub(crate) stored: Arc<NewEvent>,
 }
 
 /// Matches the event against the subscription cache and claims it.
@@ -44,7 +48,14 @@ pub(crate) async fn claim(
         tracing::debug!(organization = event.organization, action = %event.action, "event has no subscriber");
         return Ok(ClaimOutcome::NoSubscribers);
     }
-    let claim = ctx.claims.submit(new_event(message, parsed)).await?;
+    let stored = Arc::new(new_event(message, parsed));
+    let claim = match ctx.claims.submit(stored.clone()).await? {
+        Ok(claim) => claim,
+        Err(refused) => {
+            let reason = format!("the event could not be stored: {}", refused.error);
+            return Ok(ClaimOutcome::Unstorable(reason));
+        }
+    };
     if !claim.fresh && !message.redelivered {
         tracing::info!(event_id = %claim.event_id, producer_id = ?event.producer_id,
             "event was published again; already delivered");
@@ -53,6 +64,7 @@ pub(crate) async fn claim(
     Ok(ClaimOutcome::Claimed(ClaimedEvent {
         event_id: EventId(claim.event_id),
         subscribers,
+        stored,
     }))
 }
 

@@ -24,6 +24,22 @@ pub(crate) async fn parse_event_or_dead_letter(
     message: &Inbound,
 ) -> Result<Option<ParsedEvent>, HandleError> {
     let settings = &ctx.settings;
+    if message.body.len() > settings.max_event_bytes {
+        let reason = format!(
+            "the event is {} bytes, more than the largest accepted ({} bytes, WEBHOOKD_MAX_EVENT_BYTES)",
+            message.body.len(),
+            settings.max_event_bytes
+        );
+        dead_letter(
+            &outbox.publisher,
+            &settings.topology,
+            message,
+            &message.body,
+            &reason,
+        )
+        .await?;
+        return Ok(None);
+    }
     match Event::parse(&message.body, &settings.catalog) {
         Ok(mut event) => {
             let id_in_envelope = event.producer_id.is_some();

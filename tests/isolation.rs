@@ -1,0 +1,267 @@
+//! One bad row, message or stuck write cannot stall the others: what the database refuses for good is
+//! isolated (dead-lettered, or logged without the offending text) while the rest commits and is acked; an
+//! event too large is dead-lettered with the reason; a writer that commits nothing says so in `/readyz`, in
+//! its metrics and in its log, with the database's own message and SQLSTATE.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::faults::{log_path, WorkerProcess, WATCHED_LOG};
+use support::receiver::Receiver;
+use support::{envelope, wait_for, TestEnv};
+use webhookd_store::webhooks::NewWebhook;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A trigger that refuses, with SQLSTATE `sqlstate`, every row of `table` for which `condition` (over `NEW`)
+/// holds.
+fn refusing_trigger(table: &str, condition: &str, sqlstate: &str) -> String {
+    format!(
+        "CREATE FUNCTION refuse_{table}() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF {condition} THEN
+                 RAISE EXCEPTION 'refused by the test' USING ERRCODE = '{sqlstate}';
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table}
+             FOR EACH ROW EXECUTE FUNCTION refuse_{table}();"
+    )
+}
+
+async fn batch_execute(env: &TestEnv, sql: &str) {
+    env.pool
+        .get()
+        .await
+        .unwrap()
+        .batch_execute(sql)
+        .await
+        .unwrap();
+}
+
+fn project_event(project: i64, n: i64) -> Value {
+    let mut e = envelope(
+        1,
+        "TASKS_CREATED",
+        Some(json!({"id": project})),
+        json!({"tasks": [{"id": n}]}),
+    );
+    e["id"] = json!(format!("p{project}-{n}"));
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_database_refuses_to_store_is_dead_lettered_and_the_others_are_delivered() {
+    let env = TestEnv::new(|_| {}).await;
+    batch_execute(
+        &env,
+        &refusing_trigger("events", "NEW.producer_id = 'p1-10'", "23514"),
+    )
+    .await;
+    let rx = Receiver::start().await;
+    env.webhook(NewWebhook::new(1, None, rx.url("/hook"))).await;
+    let worker = env.start_worker().await;
+    for n in 0..20 {
+        env.publish(&project_event(1, n)).await;
+    }
+    let received = rx.wait_for("/hook", 19, DEADLINE).await;
+    let dead = wait_for("the refused event dead-lettered", DEADLINE, || async {
+        let dead = env.drain_dead_letters().await;
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&dead[0].0).unwrap()["id"],
+        "p1-10"
+    );
+    assert_eq!(
+        dead[0].1,
+        "the event could not be stored: database error: ERROR: refused by the test (SQLSTATE 23514)"
+    );
+    env.wait_for_attempts(19, DEADLINE).await;
+    worker.stop().await;
+    assert_eq!(
+        env.queued_events().await,
+        0,
+        "every message was acked, none waits for redelivery"
+    );
+    assert_eq!(received.len(), 19);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_database_refuses_is_logged_without_the_answer_text_or_its_message_dead_lettered()
+{
+    let env = TestEnv::new(|_| {}).await;
+    let rx = Receiver::start().await;
+    let (healthy, _) = env
+        .webhook(NewWebhook::new(1, Some(1), rx.url("/healthy")))
+        .await;
+    let (noted, _) = env
+        .webhook(NewWebhook::new(1, Some(2), rx.url("/noted")))
+        .await;
+    let (unloggable, _) = env
+        .webhook(NewWebhook::new(1, Some(3), rx.url("/unloggable")))
+        .await;
+    // `noted`'s rows are refused as long as they hold the receiver's text; `unloggable`'s always.
+    let condition = format!(
+        "(NEW.webhook_id = {noted} AND NEW.response_excerpt IS NOT NULL) OR NEW.webhook_id = {unloggable}"
+    );
+    batch_execute(
+        &env,
+        &refusing_trigger("delivery_attempts", &condition, "22021"),
+    )
+    .await;
+    let worker = env.start_worker().await;
+    for n in 0..10 {
+        for project in 1..=3 {
+            env.publish(&project_event(project, n)).await;
+        }
+    }
+    for path in ["/healthy", "/noted", "/unloggable"] {
+        rx.wait_for(path, 10, DEADLINE).await;
+    }
+    let collected = std::sync::Mutex::new(Vec::new());
+    wait_for("10 dead letters", DEADLINE, || async {
+        let got = env.drain_dead_letters().await;
+        let mut dead = collected.lock().unwrap();
+        dead.extend(got);
+        (dead.len() >= 10).then_some(())
+    })
+    .await;
+    let dead = collected.into_inner().unwrap();
+    assert_eq!(dead.len(), 10);
+    for (body, reason) in &dead {
+        let event: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(event["project"]["id"], 3, "{body}");
+        assert_eq!(
+            reason,
+            "the database refused the delivery-log rows of this message: database error: ERROR: refused by the test (SQLSTATE 22021)"
+        );
+    }
+    let rows = env.wait_for_attempts(20, DEADLINE).await;
+    let of = |id: i64| rows.iter().filter(|r| r.0 == id).collect::<Vec<_>>();
+    assert_eq!(of(healthy).len(), 10);
+    assert!(of(healthy)
+        .iter()
+        .all(|r| r.2 == "succeeded" && r.4.is_none()));
+    assert_eq!(of(noted).len(), 10);
+    for row in of(noted) {
+        assert_eq!((row.2.as_str(), row.3), ("succeeded", Some(200)));
+        assert_eq!(
+            row.4.as_deref(),
+            Some("(the answer's text is not stored: database error: ERROR: refused by the test (SQLSTATE 22021))")
+        );
+    }
+    assert!(of(unloggable).is_empty());
+    worker.stop().await;
+    assert_eq!(env.queued_events().await, 0, "every message was acked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_larger_than_the_limit_is_dead_lettered_with_the_reason() {
+    let env = TestEnv::new(|s| s.max_event_bytes = 2_000).await;
+    let rx = Receiver::start().await;
+    env.webhook(NewWebhook::new(1, None, rx.url("/hook"))).await;
+    let worker = env.start_worker().await;
+    let big = envelope(
+        1,
+        "PROJECT_UPDATED",
+        Some(json!({"id": 1})),
+        json!({"project": {"id": 1, "title": "x".repeat(3_000)}}),
+    );
+    let size = big.to_string().len();
+    env.publish(&big).await;
+    env.publish(&project_event(1, 1)).await;
+    rx.wait_for("/hook", 1, DEADLINE).await;
+    let dead = wait_for("the large event dead-lettered", DEADLINE, || async {
+        let dead = env.drain_dead_letters().await;
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    assert_eq!(
+        dead[0].1,
+        format!("the event is {size} bytes, more than the largest accepted (2000 bytes, WEBHOOKD_MAX_EVENT_BYTES)")
+    );
+    assert_eq!(rx.requests("/hook").len(), 1);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_commits_nothing_makes_the_worker_unready_and_says_why() {
+    let env = TestEnv::new(|_| {}).await;
+    let rx = Receiver::start().await;
+    env.webhook(NewWebhook::new(1, None, rx.url("/hook"))).await;
+    // Every log write fails with a serialization failure: transient, so it is retried, and nothing commits.
+    batch_execute(&env, &refusing_trigger("log_writes", "true", "40001")).await;
+    let mut cmd = env.webhookd();
+    cmd.env("WEBHOOKD_STALL_AFTER", "1")
+        .env("RUST_LOG", WATCHED_LOG);
+    let mut worker = WorkerProcess::watch(cmd, &log_path(&env.name));
+    wait_for("/readyz to answer 200", DEADLINE, || async {
+        let (status, _) = worker.get("/readyz").await?;
+        (status == 200).then_some(())
+    })
+    .await;
+    env.publish(&project_event(1, 1)).await;
+    rx.wait_for("/hook", 1, DEADLINE).await;
+
+    let body = wait_for("/readyz to answer 503", DEADLINE, || async {
+        let (status, body) = worker.get("/readyz").await?;
+        (status == 503).then_some(body)
+    })
+    .await;
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (&body["database"], &body["broker"]),
+        (&json!("ok"), &json!("ok"))
+    );
+    let writers = body["writers"].as_str().unwrap_or_default();
+    assert!(
+        writers.starts_with("the delivery_log writer has committed nothing for ")
+            && writers.ends_with(
+                "; last error: database error: ERROR: refused by the test (SQLSTATE 40001)"
+            ),
+        "{body}"
+    );
+    assert_eq!(
+        worker
+            .metric(r#"webhookd_writer_stalled{writer="delivery_log"}"#)
+            .await,
+        Some(1.0)
+    );
+    let stalled = worker.wait_logged("writer stalled", 1, DEADLINE).await;
+    let line = &stalled[0];
+    assert_eq!(line["level"], "ERROR", "{line}");
+    assert_eq!(line["writer"], "delivery_log", "{line}");
+    assert_eq!(
+        line["last_error"], "database error: ERROR: refused by the test (SQLSTATE 40001)",
+        "{line}"
+    );
+    let retried = worker
+        .wait_logged(
+            "database write failed; retrying (nothing is acknowledged meanwhile)",
+            1,
+            DEADLINE,
+        )
+        .await;
+    assert_eq!(retried[0]["sqlstate"], "40001", "{}", retried[0]);
+
+    batch_execute(&env, "DROP TRIGGER refuse_log_writes ON log_writes").await;
+    wait_for("/readyz to answer 200 again", DEADLINE, || async {
+        let (status, _) = worker.get("/readyz").await?;
+        (status == 200).then_some(())
+    })
+    .await;
+    env.wait_for_attempts(1, DEADLINE).await;
+    assert_eq!(
+        worker
+            .metric(r#"webhookd_writer_stalled{writer="delivery_log"}"#)
+            .await,
+        Some(0.0)
+    );
+    worker.kill().await;
+    let _ = std::fs::remove_file(log_path(&env.name));
+}
