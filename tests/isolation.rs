@@ -265,3 +265,105 @@ async fn a_writer_that_commits_nothing_makes_the_worker_unready_and_says_why() {
     worker.kill().await;
     let _ = std::fs::remove_file(log_path(&env.name));
 }
+
+/// The most requests a receiver path had in progress at once, from their arrival times and how long each
+/// was held.
+fn most_at_once(rx: &Receiver, path: &str, held: Duration) -> usize {
+    let arrivals: Vec<std::time::Instant> = rx.requests(path).iter().map(|r| r.at).collect();
+    arrivals
+        .iter()
+        .map(|&t| arrivals.iter().filter(|&&u| u <= t && t < u + held).count())
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_gets_at_most_its_cap_of_attempts_at_once() {
+    let env = TestEnv::new(|s| {
+        s.max_concurrent_per_webhook = 2;
+        s.timeout = Duration::from_secs(2);
+    })
+    .await;
+    let rx = Receiver::start().await;
+    let held = Duration::from_millis(300);
+    rx.script("/capped", move |_| (200, vec![], held));
+    env.webhook(NewWebhook::new(1, None, rx.url("/capped")))
+        .await;
+    env.webhook(NewWebhook::new(1, None, rx.url("/free"))).await;
+    let worker = env.start_worker().await;
+    for n in 0..8 {
+        env.publish(&project_event(1, n)).await;
+    }
+    rx.wait_for("/free", 8, DEADLINE).await;
+    rx.wait_for("/capped", 8, DEADLINE).await;
+    // A little slack on `held` for the receiver's own timing.
+    assert_eq!(
+        most_at_once(&rx, "/capped", held - Duration::from_millis(20)),
+        2
+    );
+    env.wait_for_attempts(16, DEADLINE).await;
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_organizations_slow_retries_do_not_hold_back_anothers_due_retry() {
+    // Four retry slots; organization 1's four webhooks answer in 1.5 s (past half the timeout: handed over to
+    // the retry lane), with a backlog of 80 deliveries there: some 30 s of work.
+    let env = TestEnv::new(|s| {
+        s.retry_prefetch = 4;
+        s.timeout = Duration::from_secs(2);
+        s.retry_policy = webhookd_core::RetryPolicy::new(vec![Duration::from_millis(200)], true);
+    })
+    .await;
+    let rx = Receiver::start().await;
+    for n in 0..4 {
+        let path = format!("/slow{n}");
+        rx.script(&path, |_| (200, vec![], Duration::from_millis(1_500)));
+        env.webhook(NewWebhook::new(1, None, rx.url(&path))).await;
+    }
+    rx.script("/flaky", |n| match n {
+        0 => (500, vec![], Duration::ZERO),
+        _ => (200, vec![], Duration::ZERO),
+    });
+    env.webhook(NewWebhook::new(2, None, rx.url("/flaky")))
+        .await;
+    let worker = env.start_worker().await;
+    for n in 0..20 {
+        env.publish(&envelope(
+            1,
+            "PROJECT_DELETED",
+            None,
+            json!({"project": {"id": n}}),
+        ))
+        .await;
+    }
+    // The first attempts are made inline and handed over to the retry lane after 1 s (half the timeout):
+    // once the lane makes the first of them again, organization 1's backlog of 80 is queued there.
+    wait_for(
+        "organization 1's backlog in the retry lane",
+        DEADLINE,
+        || async {
+            let sent: usize = (0..4)
+                .map(|n| rx.requests(&format!("/slow{n}")).len())
+                .sum();
+            (sent > 80).then_some(())
+        },
+    )
+    .await;
+    env.publish(&envelope(
+        2,
+        "PROJECT_DELETED",
+        None,
+        json!({"project": {"id": 1}}),
+    ))
+    .await;
+    let flaky = rx.wait_for("/flaky", 2, DEADLINE).await;
+    let waited = flaky[1].at - flaky[0].at;
+    // Due 0.2 s after the first attempt; behind the backlog in one queue it would wait some 25 s, with its
+    // fair share at most about one slow attempt (1.5 s) after it is due.
+    assert!(
+        waited < Duration::from_millis(3_500),
+        "organization 2's retry came {waited:?} after its first attempt"
+    );
+    worker.stop().await;
+}

@@ -76,6 +76,7 @@ impl TestEnv {
             prefetch: 64,
             retry_prefetch: 64,
             max_concurrent_deliveries: 256,
+            max_concurrent_per_webhook: 64,
             response_excerpt_bytes: 1024,
             pool_size: 4,
             shutdown_grace: Duration::from_secs(5),

@@ -184,6 +184,17 @@ pub static WRITES_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Due retry tasks put back on the delay ladder because they could not start now, by reason: `fair_share`
+/// (their organization held its share of the retry slots while others waited, or none freed up in time) or
+/// `webhook_cap` (their webhook had `WEBHOOKD_MAX_CONCURRENT_PER_WEBHOOK` attempts in flight).
+pub static RETRY_TASKS_PARKED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "webhookd_retry_tasks_parked_total",
+        "Due retry tasks put back on the delay ladder because they could not start now, by reason.",
+        &["reason"],
+    )
+});
+
 /// Events a delivery-log write stored again because they were missing (lost in a database crash).
 pub static EVENTS_RESTORED: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
@@ -240,6 +251,9 @@ pub fn render() -> String {
     }
     for r in ["confirmed", "failed"] {
         PUBLISHES.with_label_values(&[r]).inc_by(0);
+    }
+    for r in ["fair_share", "webhook_cap"] {
+        RETRY_TASKS_PARKED.with_label_values(&[r]).inc_by(0);
     }
     for w in WRITERS {
         WRITER_STALL_SECONDS.with_label_values(&[w]).add(0.0);

@@ -12,10 +12,12 @@ use webhookd_store::Pool;
 use crate::batcher::Batcher;
 use crate::claim_writer::ClaimWriter;
 use crate::log_writer::LogWriter;
+use crate::retry_lane::RetryLane;
 use crate::retry_scheduler::RetryScheduler;
 use crate::settings::WorkerSettings;
 use crate::slow_lane::SlowLane;
 use crate::subscriptions::SubscriptionCache;
+use crate::webhook_limits::WebhookLimits;
 
 /// Inline attempts per delivery slot that may wait for one.
 const ATTEMPTS_PER_SLOT: usize = 8;
@@ -37,8 +39,11 @@ pub(crate) struct WorkerContext {
     /// Bounds the inline HTTP attempts in flight, so a fan-out to many webhooks cannot open unbounded
     /// requests.
     pub(crate) delivery_slots: Semaphore,
-    /// Bounds the attempts made from the retry queue at once, apart from the inline ones.
-    pub(crate) retry_slots: Semaphore,
+    /// The attempts made from the retry queue at once, apart from the inline ones, shared fairly between
+    /// organizations.
+    pub(crate) retry_lane: Arc<RetryLane>,
+    /// At most so many attempts to one webhook at once, and when a parked retry task is tried again.
+    pub(crate) webhook_limits: Arc<WebhookLimits>,
     /// Bounds the inline attempts that exist at once, waiting or sending, so that the memory of a large
     /// fan-out does not grow with the prefetch (an event with more attempts than the whole budget waits
     /// for all of it).
@@ -69,7 +74,11 @@ impl WorkerContext {
             cache,
             pool,
             delivery_slots: Semaphore::new(settings.max_concurrent_deliveries.max(1)),
-            retry_slots: Semaphore::new(usize::from(settings.retry_prefetch.max(1))),
+            retry_lane: RetryLane::new(usize::from(settings.retry_prefetch.max(1))),
+            webhook_limits: WebhookLimits::new(
+                settings.max_concurrent_per_webhook,
+                settings.timeout / 2,
+            ),
             attempt_budget: Semaphore::new(attempt_budget(&settings)),
             slow_lane: SlowLane::new(settings.timeout),
             retry_progress: WriterProgress::new("retry_task"),

@@ -15,6 +15,7 @@ mod claim_writer;
 mod context;
 mod event_path;
 mod log_writer;
+mod retry_lane;
 mod retry_path;
 mod retry_scheduler;
 mod settings;
@@ -24,6 +25,7 @@ mod subscriptions;
 #[cfg(test)]
 mod test_support;
 mod upkeep;
+mod webhook_limits;
 mod worker;
 
 pub use settings::WorkerSettings;

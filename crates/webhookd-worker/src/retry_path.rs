@@ -1,6 +1,7 @@
 //! The path of one retry message, top to bottom: parse (or dead-letter) → move the tasks not yet due down the
-//! delay ladder, and make the due ones (load their events, one attempt each) → dead-letter what no one can be
-//! logged for → commit attempts → settle.
+//! delay ladder, and make the due ones (load their events; each admitted by the retry lane and its webhook's
+//! cap, or parked back on the ladder; one attempt each) → dead-letter what no one can be logged for → commit
+//! attempts (and the parked tasks) → settle.
 
 use std::sync::Arc;
 
@@ -42,17 +43,19 @@ async fn retry_tasks(
     let (moved, outcomes) = tokio::join!(outbox.retries.schedule(later), retry_attempts(ctx, &due));
     moved?;
     let mut logged: Vec<AttemptMade> = Vec::new();
+    let mut parked: Vec<RetryTask> = Vec::new();
     let mut unloggable: Vec<(RetryTask, String)> = Vec::new();
     for outcome in outcomes? {
         match outcome {
             RetryOutcome::Logged(made) => logged.push(made),
+            RetryOutcome::Parked(task) => parked.push(task),
             RetryOutcome::Unloggable { task, reason } => unloggable.push((task, reason)),
         }
     }
     dead_letter_unloggable(ctx, outbox, message, unloggable).await?;
     let commit = Commit {
         made: logged,
-        passed_on: Vec::new(),
+        passed_on: parked,
         claimed: None,
     };
     commit_attempts(ctx, outbox, message, commit).await

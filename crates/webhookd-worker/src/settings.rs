@@ -31,6 +31,9 @@ pub struct WorkerSettings {
     pub retry_prefetch: u16,
     /// HTTP attempts in flight at once, across all messages (`WEBHOOKD_MAX_CONCURRENT_DELIVERIES`).
     pub max_concurrent_deliveries: usize,
+    /// HTTP attempts to one webhook in flight at once, inline and retries together
+    /// (`WEBHOOKD_MAX_CONCURRENT_PER_WEBHOOK`).
+    pub max_concurrent_per_webhook: usize,
     /// Bytes of each response kept in the log.
     pub response_excerpt_bytes: usize,
     /// Database connections.

@@ -184,13 +184,11 @@ impl Worker {
         };
         let (events_channel, mut events) =
             consume(&connection, topology, QueueKind::Events, settings.prefetch).await?;
-        let (retries_channel, mut retries) = consume(
-            &connection,
-            topology,
-            QueueKind::Retries,
-            settings.retry_prefetch,
-        )
-        .await?;
+        // Twice the retry slots: messages whose tasks all run hold at most the slots' worth of the window, so
+        // the broker can always hand over more, and other organizations' due tasks are seen.
+        let retry_window = settings.retry_prefetch.saturating_mul(2);
+        let (retries_channel, mut retries) =
+            consume(&connection, topology, QueueKind::Retries, retry_window).await?;
         tracing::info!(queue = %topology.work_queue(), prefetch = settings.prefetch, "worker consuming");
         webhookd_metrics::BROKER_CONNECTED.set(1);
         self.broker_ready.store(true, Ordering::Release);

@@ -55,6 +55,8 @@ pub struct Config {
     pub retry_prefetch: u16,
     /// `WEBHOOKD_MAX_CONCURRENT_DELIVERIES`.
     pub max_concurrent_deliveries: usize,
+    /// `WEBHOOKD_MAX_CONCURRENT_PER_WEBHOOK`.
+    pub max_concurrent_per_webhook: usize,
     /// `WEBHOOKD_DB_POOL_SIZE`.
     pub pool_size: usize,
     /// `WEBHOOKD_RESPONSE_EXCERPT_BYTES`.
@@ -250,6 +252,12 @@ impl Config {
                 "an integer from 1 to 100000",
                 |n| (1..=100_000).contains(n),
             )?,
+            max_concurrent_per_webhook: env.parse(
+                "WEBHOOKD_MAX_CONCURRENT_PER_WEBHOOK",
+                64usize,
+                "an integer from 1 to 100000",
+                |n| (1..=100_000).contains(n),
+            )?,
             prefetch: env.parse(
                 "WEBHOOKD_PREFETCH",
                 1024u16,
@@ -390,6 +398,7 @@ impl Config {
             prefetch: self.prefetch,
             retry_prefetch: self.retry_prefetch,
             max_concurrent_deliveries: self.max_concurrent_deliveries,
+            max_concurrent_per_webhook: self.max_concurrent_per_webhook,
             response_excerpt_bytes: self.response_excerpt_bytes,
             pool_size: self.pool_size,
             shutdown_grace: self.shutdown_grace,

@@ -22,7 +22,7 @@ use crate::stages::HandleError;
 pub(crate) struct Commit {
     /// The attempts made (or closed as dead), each with its row and maybe its next attempt.
     pub(crate) made: Vec<AttemptMade>,
-    /// Tasks that go to the ladder without an attempt: deferred first attempts.
+    /// Tasks that go to the ladder without an attempt: deferred first attempts, parked retries.
     pub(crate) passed_on: Vec<RetryTask>,
     /// The event the handler claimed, if it claimed one.
     pub(crate) claimed: Option<Arc<NewEvent>>,

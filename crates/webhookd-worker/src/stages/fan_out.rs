@@ -1,5 +1,6 @@
 //! Stage 3: the event's deliveries — those of webhooks in the slow lane deferred to the retry queue, the others
-//! attempted inline, concurrently, within the worker's delivery slots and attempt budget.
+//! attempted inline, concurrently, within the worker's delivery slots, its attempt budget and each webhook's
+//! concurrency cap.
 
 use std::sync::Arc;
 
@@ -52,7 +53,9 @@ pub(crate) async fn fan_out(
     };
     let attempts = inline.iter().flat_map(|&webhook| {
         (0..chunks).map(move |chunk| async move {
-            // Inline attempts share the worker's delivery slots.
+            // At most so many attempts to one webhook at once (waiting holds no delivery slot) ...
+            let _room = ctx.webhook_limits.acquire(webhook.id).await;
+            // ... and inline attempts share the worker's delivery slots.
             let _slot = ctx.delivery_slots.acquire().await.ok();
             // The webhook may have turned slow while this attempt waited for its turn.
             if ctx.slow_lane.is_slow(webhook.id) {
