@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod faults;
+pub mod hostile;
 pub mod pg_cluster;
 pub mod python;
 pub mod receiver;
