@@ -4,6 +4,8 @@
 
 pub mod api;
 pub mod faults;
+pub mod hostile;
+pub mod pg_cluster;
 pub mod python;
 pub mod receiver;
 
@@ -54,11 +56,17 @@ pub struct TestEnv {
 impl TestEnv {
     /// A fresh environment; `tweak` adjusts the worker settings (retry schedule, timeout …) first.
     pub async fn new(tweak: impl FnOnce(&mut WorkerSettings)) -> Self {
+        Self::on_server(PG_BASE, tweak).await
+    }
+
+    /// A fresh environment whose database is on the PostgreSQL server at `server` (`postgres://user@host:port`,
+    /// e.g. a test's own `pg_cluster::PgCluster`) instead of the shared one.
+    pub async fn on_server(server: &str, tweak: impl FnOnce(&mut WorkerSettings)) -> Self {
         let name = format!(
             "whtest_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
-        let database_url = format!("{PG_BASE}/{name}");
+        let database_url = format!("{server}/{name}");
         let policy = RetryPolicy::new(RetryPolicy::parse_schedule("0.2,0.4").unwrap(), true);
         let mut settings = WorkerSettings {
             database_url: database_url.clone(),
