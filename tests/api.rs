@@ -6,6 +6,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::api::{assert_envelope, keys};
 use support::receiver::Receiver;
 use support::{envelope, wait_for, TestEnv};
 use webhookd_core::{NetworkPolicy, RetryPolicy, SigningSecret};
@@ -196,35 +197,6 @@ async fn webhooks_are_created_read_updated_and_deleted_as_in_label_studio() {
 }
 
 /// The keys of a JSON object, in order.
-fn keys(v: &Value) -> Vec<&str> {
-    v.as_object()
-        .unwrap_or_else(|| panic!("not an object: {v}"))
-        .keys()
-        .map(String::as_str)
-        .collect()
-}
-
-/// `err` is Label Studio's error envelope, with exactly its keys, for `status`.
-fn assert_envelope(err: &Value, status: u16) {
-    assert_eq!(
-        keys(err),
-        [
-            "id",
-            "status_code",
-            "version",
-            "detail",
-            "exc_info",
-            "validation_errors"
-        ],
-        "{err}"
-    );
-    assert_eq!(
-        (err["status_code"].clone(), err["exc_info"].clone()),
-        (json!(status), Value::Null),
-        "{err}"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_validation_error_is_a_400_naming_the_field() {
     let env = TestEnv::new(|_| {}).await;

@@ -4,7 +4,7 @@ use std::ops::Deref;
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use webhookd_api::ApiSettings;
 
@@ -178,6 +178,19 @@ impl ApiClient {
         body: Option<Vec<u8>>,
         headers: &[(&str, &str)],
     ) -> (u16, Value) {
+        let (status, _, json) = self.call_full(method, path, token, body, headers).await;
+        (status, json)
+    }
+
+    /// Sends a request; returns the status, the response headers and the JSON body (as `call` does).
+    pub async fn call_full(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = self.http.request(method, self.url(path));
         if let Some(t) = token {
@@ -191,13 +204,14 @@ impl ApiClient {
         }
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
+        let response_headers = resp.headers().clone();
         let text = resp.text().await.unwrap();
         let json = if text.is_empty() {
             Value::Null
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
-        (status, json)
+        (status, response_headers, json)
     }
 
     /// The value of an unlabelled series on `/metrics` (`None` until the process has set it).
@@ -208,4 +222,34 @@ impl ApiClient {
             value.trim().parse().ok()
         })
     }
+}
+
+/// The keys of a JSON object, in order.
+pub fn keys(v: &Value) -> Vec<&str> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .map(String::as_str)
+        .collect()
+}
+
+/// `err` is Label Studio's error envelope, with exactly its keys, for `status`.
+pub fn assert_envelope(err: &Value, status: u16) {
+    assert_eq!(
+        keys(err),
+        [
+            "id",
+            "status_code",
+            "version",
+            "detail",
+            "exc_info",
+            "validation_errors"
+        ],
+        "{err}"
+    );
+    assert_eq!(
+        (err["status_code"].clone(), err["exc_info"].clone()),
+        (json!(status), Value::Null),
+        "{err}"
+    );
 }

@@ -2,6 +2,7 @@
 //! against the SSRF policy after DNS resolution.
 
 use serde_json::{Map, Value};
+use webhookd_core::static_headers::is_reserved;
 use webhookd_core::{Catalog, NetworkPolicy};
 use webhookd_store::webhooks::WebhookChanges;
 
@@ -79,7 +80,18 @@ pub fn parse_webhook(body: &Value, catalog: &Catalog) -> Result<WebhookInput, Ap
     }
     if let Some(v) = obj.get("headers") {
         match headers(v) {
-            Some(h) => input.fields.headers = Some(h),
+            Some(h) => {
+                let reserved: Vec<&String> = h.keys().filter(|k| is_reserved(k)).collect();
+                for name in &reserved {
+                    fail(
+                        "headers",
+                        format!("Header \"{name}\" cannot be set: webhookd sets it itself."),
+                    );
+                }
+                if reserved.is_empty() {
+                    input.fields.headers = Some(h);
+                }
+            }
             None => fail("headers", format!("{v} failed JSON schema check")),
         }
     }
@@ -261,6 +273,14 @@ mod tests {
         assert!(errors(json!({"headers": many})).contains_key("headers"));
         assert!(errors(json!({"headers": {"a": 1}})).contains_key("headers"));
         assert!(errors(json!({"headers": {"a": "line\nbreak"}})).contains_key("headers"));
+        assert_eq!(
+            errors(json!({"headers": {"hOsT": "x", "Webhook-Signature": "v1,x", "X-Ok": "y"}}))
+                ["headers"],
+            [
+                "Header \"hOsT\" cannot be set: webhookd sets it itself.",
+                "Header \"Webhook-Signature\" cannot be set: webhookd sets it itself.",
+            ]
+        );
         let long = format!("https://h.example/{}", "a".repeat(2048));
         assert_eq!(
             errors(json!({"url": long}))["url"],

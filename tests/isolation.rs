@@ -1,0 +1,75 @@
+//! Issue 10, the API side: what a webhook may not carry or reach, the bounds of an ingested event, time limits
+//! on every dependency of a request, and per-organization rate limits on the routes that send requests.
+
+mod support;
+
+use serde_json::json;
+use support::api::assert_envelope;
+use support::TestEnv;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_headers_cannot_set_framing_or_signature_headers() {
+    let env = TestEnv::new(|_| {}).await;
+    let api = env.start_api(|_| {}).await;
+    let t = env.token(1).await;
+    let t = Some(t.as_str());
+    let refused = |name: &str| format!("Header \"{name}\" cannot be set: webhookd sets it itself.");
+    for name in [
+        "Host",
+        "content-length",
+        "Transfer-Encoding",
+        "CONNECTION",
+        "webhook-id",
+        "Webhook-Timestamp",
+        "WEBHOOK-SIGNATURE",
+        "Keep-Alive",
+        "X-Webhookd-Attempt",
+    ] {
+        let body =
+            json!({"url": "http://127.0.0.1:9/hook", "headers": {"X-Fine": "1", name: "evil"}});
+        let (status, err) = api.call("POST", "/api/webhooks/", t, Some(&body)).await;
+        assert_eq!(status, 400, "{name}: {err}");
+        assert_envelope(&err, 400);
+        assert_eq!(
+            err["validation_errors"],
+            json!({"headers": [refused(name)]}),
+            "{name}"
+        );
+    }
+    let (_, listed) = api.call("GET", "/api/webhooks/", t, None).await;
+    assert_eq!(listed, json!([]), "no refused webhook was created");
+
+    let (status, hook) = api
+        .call(
+            "POST",
+            "/api/webhooks/",
+            t,
+            Some(
+                &json!({"url": "http://127.0.0.1:9/hook", "headers": {"Authorization": "Basic x"}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{hook}");
+    let path = format!("/api/webhooks/{}/", hook["id"]);
+    for (method, body, name) in [
+        (
+            "PATCH",
+            json!({"headers": {"host": "internal.example"}}),
+            "host",
+        ),
+        (
+            "PUT",
+            json!({"url": "http://127.0.0.1:9/hook", "headers": {"Webhook-Signature": "v1,forged"}}),
+            "Webhook-Signature",
+        ),
+    ] {
+        let (status, err) = api.call(method, &path, t, Some(&body)).await;
+        assert_eq!(
+            (status, err["validation_errors"].clone()),
+            (400, json!({"headers": [refused(name)]})),
+            "{method}"
+        );
+    }
+    let (_, after) = api.call("GET", &path, t, None).await;
+    assert_eq!(after, hook, "a refused update changes nothing");
+}
