@@ -572,6 +572,9 @@ async fn ssrf_protection_refuses_internal_urls_unless_allowed() {
         ("http://[::1]/hook", "loopback"),
         ("http://[::ffff:127.0.0.1]/hook", "IPv4-mapped IPv6"),
         ("http://[fe80::1]/hook", "link-local"),
+        ("http://[fec0::1]/hook", "site-local"),
+        ("http://[2001::1]/hook", "Teredo"),
+        ("http://[100::1]/hook", "discard-only"),
     ] {
         let (status, err) = strict
             .call("POST", "/api/webhooks/", t, Some(&json!({"url": url})))
