@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use webhookd_broker::Topology;
-use webhookd_core::retry_policy::DEFAULT_SCHEDULE;
+use webhookd_core::retry_policy::{DEFAULT_MAX_RETRY_AFTER, DEFAULT_SCHEDULE};
 use webhookd_core::{Catalog, NetworkPolicy, RetryPolicy};
 use webhookd_worker::WorkerSettings;
 
@@ -47,6 +47,8 @@ pub struct Config {
     pub retry_schedule: Vec<Duration>,
     /// `WEBHOOK_RETRY_CLIENT_ERRORS`.
     pub retry_client_errors: bool,
+    /// `WEBHOOKD_MAX_RETRY_AFTER`: the longest receiver `Retry-After` honoured.
+    pub max_retry_after: Duration,
     /// `WEBHOOK_MAX_CONSECUTIVE_FAILURES`.
     pub max_consecutive_failures: i32,
     /// `WEBHOOKD_PREFETCH`.
@@ -234,6 +236,11 @@ impl Config {
             )?,
             retry_schedule,
             retry_client_errors: env.boolean("WEBHOOK_RETRY_CLIENT_ERRORS", true)?,
+            max_retry_after: env.seconds(
+                "WEBHOOKD_MAX_RETRY_AFTER",
+                DEFAULT_MAX_RETRY_AFTER.as_secs_f64(),
+                "a positive number of seconds",
+            )?,
             max_consecutive_failures: env.parse(
                 "WEBHOOK_MAX_CONSECUTIVE_FAILURES",
                 50i32,
@@ -350,6 +357,7 @@ impl Config {
     /// The retry policy.
     pub fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy::new(self.retry_schedule.clone(), self.retry_client_errors)
+            .with_max_retry_after(self.max_retry_after)
     }
 
     /// The broker topology.
@@ -421,6 +429,7 @@ mod tests {
         assert_eq!((c.batch_size, c.timeout), (5000, Duration::from_secs(1)));
         assert_eq!(c.retry_policy().max_attempts(), 8);
         assert_eq!(c.max_consecutive_failures, 50);
+        assert_eq!(c.max_retry_after, Duration::from_secs(3600));
         assert_eq!(c.topology().work_queue(), "webhookd.work");
     }
 
@@ -431,6 +440,7 @@ mod tests {
             ("WEBHOOK_BATCH_SIZE", "0", "WEBHOOK_BATCH_SIZE=\"0\" is invalid: expected a positive integer"),
             ("WEBHOOK_RETRY_SCHEDULE", "5,soon", "WEBHOOK_RETRY_SCHEDULE=\"5,soon\" is invalid: expected comma-separated waits in seconds, e.g. 5,300,1800"),
             ("WEBHOOK_RETRY_CLIENT_ERRORS", "maybe", "WEBHOOK_RETRY_CLIENT_ERRORS=\"maybe\" is invalid: expected true or false"),
+            ("WEBHOOKD_MAX_RETRY_AFTER", "-1", "WEBHOOKD_MAX_RETRY_AFTER=\"-1\" is invalid: expected a positive number of seconds"),
             ("AMQP_URL", "http://u:secret@h", "AMQP_URL=\"http://u:***@h\" is invalid: expected an amqp:// URL (amqps:// is not supported by this build)"),
             ("AMQP_URL", "amqp://h/%2f?frame_max=512", "AMQP_URL=\"amqp://h/%2f?frame_max=512\" is invalid: expected a valid amqp:// URL (frame_max, if set: 0 or at least 4096)"),
             ("AMQP_URL", "amqp://h/%2f?frame_max=16k", "AMQP_URL=\"amqp://h/%2f?frame_max=16k\" is invalid: expected a valid amqp:// URL (frame_max, if set: 0 or at least 4096)"),
@@ -460,8 +470,14 @@ mod tests {
             ("WEBHOOK_TIMEOUT", "0.25"),
             ("WEBHOOK_RETRY_SCHEDULE", "0.2,0.4"),
             ("WEBHOOK_MAX_CONSECUTIVE_FAILURES", "0"),
+            ("WEBHOOKD_MAX_RETRY_AFTER", "2.5"),
         ])
         .unwrap();
+        assert_eq!(
+            c.retry_policy().longest_wait(),
+            Duration::from_millis(2500),
+            "the Retry-After maximum sizes the delay ladder"
+        );
         assert_eq!(c.timeout, Duration::from_millis(250));
         assert_eq!(c.retry_policy().max_attempts(), 3);
         assert_eq!(c.max_consecutive_failures, 0);
