@@ -73,3 +73,29 @@ async fn static_headers_cannot_set_framing_or_signature_headers() {
     let (_, after) = api.call("GET", &path, t, None).await;
     assert_eq!(after, hook, "a refused update changes nothing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_id_longer_than_255_bytes_is_a_400_naming_id() {
+    // Before, 128 four-byte characters passed the 128-character rule and the request's connection dropped.
+    let env = TestEnv::new(|_| {}).await;
+    let api = env.start_api(|_| {}).await;
+    let t = env.token(1).await;
+    let t = Some(t.as_str());
+    let event = |id: String| json!({"version": 1, "id": id, "action": "PROJECT_DELETED", "payload": {"project": {"id": 1}}});
+    let (status, err) = api
+        .call("POST", "/api/events/", t, Some(&event("😀".repeat(128))))
+        .await;
+    assert_eq!(status, 400, "{err}");
+    assert_envelope(&err, 400);
+    assert_eq!(
+        err["validation_errors"],
+        json!({"id": ["field `id` must be a string of 1 to 255 bytes of UTF-8 without control characters, got 512 bytes"]})
+    );
+    assert_eq!(env.queued_events().await, 0, "nothing was published");
+    let longest = "é".repeat(127) + "x"; // 255 bytes
+    let (status, ok) = api
+        .call("POST", "/api/events/", t, Some(&event(longest.clone())))
+        .await;
+    assert_eq!((status, ok), (202, json!({"id": longest})));
+    assert_eq!(env.queued_events().await, 1);
+}
