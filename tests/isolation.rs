@@ -99,3 +99,82 @@ async fn an_event_id_longer_than_255_bytes_is_a_400_naming_id() {
     assert_eq!((status, ok), (202, json!({"id": longest})));
     assert_eq!(env.queued_events().await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_larger_than_max_event_bytes_is_a_413_naming_the_limit() {
+    let env = TestEnv::new(|_| {}).await;
+    // The event limit is above the generic body limit: an event body between the two must reach the check.
+    let api = env
+        .start_api(|s| {
+            s.max_body_bytes = 1000;
+            s.max_event_bytes = 2000;
+        })
+        .await;
+    let t = env.token(1).await;
+    let t = Some(t.as_str());
+    let event = |filler: usize| {
+        json!({"version": 1, "action": "PROJECT_DELETED",
+            "payload": {"project": {"id": 1, "notes": "n".repeat(filler)}}})
+    };
+    let (status, ok) = api
+        .call("POST", "/api/events/", t, Some(&event(1500)))
+        .await;
+    assert_eq!(
+        status, 202,
+        "an event over WEBHOOKD_MAX_BODY_BYTES but within the event limit: {ok}"
+    );
+
+    let oversized = event(2500);
+    let (status, err) = api
+        .call_with(
+            "POST",
+            "/api/events/",
+            t,
+            Some(oversized.to_string().into_bytes()),
+            &[("idempotency-key", "big-1")],
+        )
+        .await;
+    assert_eq!(status, 413, "{err}");
+    assert_envelope(&err, 413);
+    let detail = err["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.starts_with("The event is ")
+            && detail.ends_with(
+                " bytes as published, larger than the 2000 bytes allowed (WEBHOOKD_MAX_EVENT_BYTES)."
+            ),
+        "{detail}"
+    );
+    assert_eq!(
+        env.queued_events().await,
+        1,
+        "the large event was not published"
+    );
+    // The refused request left no pending Idempotency-Key: a valid event under the key is published.
+    let (status, _) = api
+        .call_with(
+            "POST",
+            "/api/events/",
+            t,
+            Some(event(10).to_string().into_bytes()),
+            &[("idempotency-key", "big-1")],
+        )
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(env.queued_events().await, 2);
+
+    // Far beyond the event limit, the route's own body limit answers (2000 + 64 KiB of formatting).
+    let (status, err) = api
+        .call("POST", "/api/events/", t, Some(&event(100_000)))
+        .await;
+    assert_eq!(
+        (status, err["detail"].clone()),
+        (413, json!("Request body is larger than 67536 bytes."))
+    );
+    // Other routes keep WEBHOOKD_MAX_BODY_BYTES.
+    let big_hook = json!({"url": "http://127.0.0.1:9/x", "headers": {"x": "a".repeat(1500)}});
+    let (status, err) = api.call("POST", "/api/webhooks/", t, Some(&big_hook)).await;
+    assert_eq!(
+        (status, err["detail"].clone()),
+        (413, json!("Request body is larger than 1000 bytes."))
+    );
+}

@@ -65,6 +65,7 @@ impl TestEnv {
             catalog: self.settings.catalog.clone(),
             max_webhooks_per_organization: 100,
             max_body_bytes: 1 << 20,
+            max_event_bytes: 1 << 20,
             network_policy: self.settings.network_policy.clone(),
             secret_grace: Duration::from_secs(86_400),
             timeout: Duration::from_secs(1),

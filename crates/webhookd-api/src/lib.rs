@@ -10,11 +10,12 @@ pub mod routes;
 pub mod state;
 pub mod validation;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, MethodRouter};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 use webhookd_dispatch::Dispatcher;
@@ -22,6 +23,7 @@ use webhookd_store::{database, migrate, StoreError};
 
 pub use state::{ApiSettings, AppState};
 
+use crate::extract::BodyLimit;
 use crate::routes::{deliveries, events, info, secrets, webhook_test, webhooks};
 
 /// Why the API could not start.
@@ -105,7 +107,13 @@ pub fn router(state: AppState) -> Router {
         "/api/deliveries/{id}/redeliver/",
         post(deliveries::redeliver),
     );
-    r = route(r, "/api/events/", post(events::ingest));
+    // An event's body must reach the WEBHOOKD_MAX_EVENT_BYTES check, which names the limit, even when that is
+    // larger than WEBHOOKD_MAX_BODY_BYTES.
+    let ingest_limit = events::body_limit(&state.settings);
+    let ingest = post(events::ingest)
+        .layer::<_, Infallible>(DefaultBodyLimit::max(ingest_limit))
+        .layer::<_, Infallible>(Extension(BodyLimit(ingest_limit)));
+    r = route(r, "/api/events/", ingest);
     r = r.route(
         "/api/openapi.json",
         get(|| async { Json(openapi::ApiDoc::openapi()) }),

@@ -28,6 +28,8 @@ pub struct ApiSettings {
     pub max_webhooks_per_organization: i64,
     /// `WEBHOOKD_MAX_BODY_BYTES`.
     pub max_body_bytes: usize,
+    /// `WEBHOOKD_MAX_EVENT_BYTES`: the largest envelope `POST /api/events/` publishes.
+    pub max_event_bytes: usize,
     /// SSRF protection for webhook URLs.
     pub network_policy: NetworkPolicy,
     /// How long a rotated-out secret keeps signing (`WEBHOOKD_SECRET_ROTATION_GRACE`).

@@ -75,6 +75,8 @@ pub struct Config {
     pub max_webhooks_per_organization: i64,
     /// `WEBHOOKD_MAX_BODY_BYTES`.
     pub max_body_bytes: usize,
+    /// `WEBHOOKD_MAX_EVENT_BYTES`: the largest event envelope, in bytes.
+    pub max_event_bytes: usize,
     /// `WEBHOOKD_SECRET_ROTATION_GRACE`.
     pub secret_grace: Duration,
     /// `RUST_LOG`: the log filter.
@@ -308,6 +310,12 @@ impl Config {
                 "a positive number of bytes",
                 |n| *n > 0,
             )?,
+            max_event_bytes: env.parse(
+                "WEBHOOKD_MAX_EVENT_BYTES",
+                1usize << 20,
+                "a positive number of bytes",
+                |n| *n > 0,
+            )?,
             secret_grace: env.seconds(
                 "WEBHOOKD_SECRET_ROTATION_GRACE",
                 86_400.0,
@@ -344,6 +352,7 @@ impl Config {
             catalog: self.catalog.clone(),
             max_webhooks_per_organization: self.max_webhooks_per_organization,
             max_body_bytes: self.max_body_bytes,
+            max_event_bytes: self.max_event_bytes,
             network_policy: self.network_policy.clone(),
             secret_grace: self.secret_grace,
             timeout: self.timeout,
@@ -430,6 +439,7 @@ mod tests {
         assert_eq!(c.retry_policy().max_attempts(), 8);
         assert_eq!(c.max_consecutive_failures, 50);
         assert_eq!(c.max_retry_after, Duration::from_secs(3600));
+        assert_eq!(c.max_event_bytes, 1_048_576);
         assert_eq!(c.topology().work_queue(), "webhookd.work");
     }
 
