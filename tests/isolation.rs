@@ -3,9 +3,16 @@
 
 mod support;
 
-use serde_json::json;
-use support::api::assert_envelope;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::api::{assert_envelope, ApiClient, TestApi};
+use support::faults::Proxy;
+use support::receiver::Receiver;
 use support::TestEnv;
+
+/// RabbitMQ, behind the proxies of the slow-broker tests.
+const RABBITMQ: &str = "127.0.0.1:5672";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_headers_cannot_set_framing_or_signature_headers() {
@@ -177,4 +184,213 @@ async fn an_event_larger_than_max_event_bytes_is_a_413_naming_the_limit() {
         (status, err["detail"].clone()),
         (413, json!("Request body is larger than 1000 bytes."))
     );
+}
+
+/// The dependency limit of the slow-dependency tests.
+const LIMIT: Duration = Duration::from_secs(2);
+/// What an answer may take beyond `LIMIT` (scheduling on a busy two-core machine).
+const MARGIN: Duration = Duration::from_millis(1500);
+/// What an answer that waits on nothing slow may take.
+const QUICK: Duration = Duration::from_millis(750);
+
+/// `POST /api/events/` with a small valid event and `key` as its Idempotency-Key: status, headers, body, time.
+async fn ingest(
+    api: &ApiClient,
+    token: &str,
+    key: &str,
+) -> (u16, reqwest::header::HeaderMap, Value, Duration) {
+    let event =
+        json!({"version": 1, "action": "PROJECT_DELETED", "payload": {"project": {"id": 1}}});
+    let started = Instant::now();
+    let (status, headers, body) = api
+        .call_full(
+            "POST",
+            "/api/events/",
+            Some(token),
+            Some(event.to_string().into_bytes()),
+            &[("idempotency-key", key)],
+        )
+        .await;
+    (status, headers, body, started.elapsed())
+}
+
+/// A 503 in Label Studio's envelope with `Retry-After`, whose detail contains `cause`, answered within `within`.
+fn assert_unavailable(
+    (status, headers, body, took): &(u16, reqwest::header::HeaderMap, Value, Duration),
+    cause: &str,
+    within: Duration,
+) {
+    assert_eq!(*status, 503, "{body}");
+    assert_envelope(body, 503);
+    assert_eq!(
+        headers.get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("5"),
+        "{headers:?}"
+    );
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(cause), "{detail}");
+    assert!(*took <= within, "answered after {took:?}, limit {within:?}");
+}
+
+/// `GET path` answers 200 within `QUICK`.
+async fn assert_quick(api: &ApiClient, token: &str, path: &str) {
+    let started = Instant::now();
+    let (status, body) = api.call("GET", path, Some(token), None).await;
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{path}: {body}");
+    assert!(took <= QUICK, "{path} took {took:?}");
+}
+
+/// An API whose broker is reached through `proxy`, with the short dependency limit and `pool_size`
+/// connections, and a webhook to read.
+async fn api_behind(env: &TestEnv, proxy: &Proxy, pool_size: usize) -> (TestApi, String, i64) {
+    let api = env
+        .start_api(|s| {
+            s.amqp_url = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+            s.dependency_timeout = LIMIT;
+            s.pool_size = pool_size;
+        })
+        .await;
+    let token = env.token(1).await;
+    let (status, hook) = api
+        .call(
+            "POST",
+            "/api/webhooks/",
+            Some(&token),
+            Some(&json!({"url": "http://127.0.0.1:9/hook"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{hook}");
+    let id = hook["id"].as_i64().unwrap_or_default();
+    (api, token, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_accepts_connections_but_never_answers_gets_a_503_within_the_limit() {
+    let env = TestEnv::new(|_| {}).await;
+    let proxy = Proxy::start(RABBITMQ.parse().unwrap()).await;
+    proxy.stall();
+    let (api, t, id) = api_behind(&env, &proxy, 2).await;
+    let publishing = {
+        let (client, t) = (api.client.clone(), t.clone());
+        tokio::spawn(async move { ingest(&client, &t, "never-1").await })
+    };
+    // While the publish waits on the broker (holding no database connection, with a pool of 2), the rest of
+    // the API answers at once.
+    for _ in 0..3 {
+        assert_quick(&api, &t, "/api/webhooks/").await;
+        assert_quick(&api, &t, &format!("/api/webhooks/{id}/deliveries/")).await;
+    }
+    assert!(!publishing.is_finished(), "the publish answered too early");
+    let answer = publishing.await.unwrap();
+    assert_unavailable(
+        &answer,
+        "RabbitMQ did not accept a connection within 2s",
+        LIMIT + MARGIN,
+    );
+    assert_eq!(env.queued_events().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_stops_answering_gets_a_503_within_the_limit_and_the_next_connection_works() {
+    let env = TestEnv::new(|_| {}).await;
+    let proxy = Proxy::start(RABBITMQ.parse().unwrap()).await;
+    let (api, t, id) = api_behind(&env, &proxy, 2).await;
+    let (status, _, body, _) = ingest(&api, &t, "first").await;
+    assert_eq!(status, 202, "{body}");
+
+    proxy.stall();
+    // Two publishes at once, both with keys (each claims it with a connection of the pool of 2): neither
+    // holds the connection, or the broker lock, for longer than the limit.
+    let publishes: Vec<_> = ["second", "third"]
+        .into_iter()
+        .map(|key| {
+            let (client, t) = (api.client.clone(), t.clone());
+            tokio::spawn(async move { ingest(&client, &t, key).await })
+        })
+        .collect();
+    for _ in 0..3 {
+        assert_quick(&api, &t, "/api/webhooks/").await;
+        assert_quick(&api, &t, &format!("/api/webhooks/{id}/deliveries/")).await;
+    }
+    for publish in publishes {
+        let answer = publish.await.unwrap();
+        assert_unavailable(
+            &answer,
+            "RabbitMQ did not confirm the publish within 2s",
+            LIMIT + MARGIN,
+        );
+    }
+
+    // The stalled connection was dropped: once the broker answers again, a new one publishes.
+    proxy.restore();
+    let (status, _, body, _) = ingest(&api, &t, "second").await;
+    assert_eq!(status, 202, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_database_pool_gives_a_503_within_the_limit() {
+    let env = TestEnv::new(|_| {}).await;
+    let api = env
+        .start_api(|s| {
+            s.pool_size = 2;
+            s.dependency_timeout = LIMIT;
+        })
+        .await;
+    let t = env.token(1).await;
+    assert_quick(&api, &t, "/api/webhooks/").await;
+    let held = [api.pool.get().await.unwrap(), api.pool.get().await.unwrap()];
+    let started = Instant::now();
+    let (status, headers, body) = api
+        .call_full("GET", "/api/webhooks/", Some(&t), None, &[])
+        .await;
+    assert_unavailable(
+        &(status, headers, body, started.elapsed()),
+        "The database did not provide a connection in time",
+        LIMIT + MARGIN,
+    );
+    drop(held);
+    assert_quick(&api, &t, "/api/webhooks/").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_pings_hold_no_database_connection_while_the_receiver_is_waited_on() {
+    // Fails on the code that held a connection across the ping: with a pool of 2, two pings waiting on a
+    // slow receiver left nothing for the list, which waited for a ping to finish.
+    let env = TestEnv::new(|_| {}).await;
+    let api = env
+        .start_api(|s| {
+            s.pool_size = 2;
+            s.timeout = Duration::from_secs(5);
+        })
+        .await;
+    let rx = Receiver::start().await;
+    rx.script("/slow", |_| (200, vec![], Duration::from_secs(3)));
+    let t = env.token(1).await;
+    let (_, hook) = api
+        .call(
+            "POST",
+            "/api/webhooks/",
+            Some(&t),
+            Some(&json!({"url": rx.url("/slow")})),
+        )
+        .await;
+    let path = format!("/api/webhooks/{}/test/", hook["id"]);
+    let pings: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, t, path) = (api.client.clone(), t.clone(), path.clone());
+            tokio::spawn(async move { client.call("POST", &path, Some(&t), None).await })
+        })
+        .collect();
+    rx.wait_for("/slow", 2, Duration::from_secs(5)).await;
+    assert_quick(&api, &t, "/api/webhooks/").await;
+    for ping in pings {
+        let (status, outcome) = ping.await.unwrap();
+        assert_eq!(
+            (status, outcome["status"].clone()),
+            (200, json!("succeeded"))
+        );
+    }
+    let rows = env.attempts().await;
+    assert_eq!(rows.len(), 2, "each ping wrote its log row: {rows:?}");
 }

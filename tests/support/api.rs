@@ -21,6 +21,8 @@ pub struct ApiClient {
 pub struct TestApi {
     pub client: ApiClient,
     pub settings: ApiSettings,
+    /// The API's own database pool (to hold its connections).
+    pub pool: webhookd_store::Pool,
     stop: CancellationToken,
 }
 
@@ -73,11 +75,13 @@ impl TestEnv {
             batch_size: self.settings.batch_size,
             max_consecutive_failures: 50,
             pool_size: 4,
+            dependency_timeout: Duration::from_secs(5),
         };
         tweak(&mut settings);
         let listener = webhookd_api::bind(&settings).await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let state = webhookd_api::state(settings.clone()).await.unwrap();
+        let pool = state.pool.clone();
         let stop = CancellationToken::new();
         tokio::spawn(webhookd_api::serve(
             listener,
@@ -87,6 +91,7 @@ impl TestEnv {
         TestApi {
             client: ApiClient::new(base),
             settings,
+            pool,
             stop,
         }
     }

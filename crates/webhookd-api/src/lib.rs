@@ -48,14 +48,22 @@ pub enum ApiStartError {
 /// Migrates the database and builds the state every route shares.
 pub async fn state(settings: ApiSettings) -> Result<AppState, ApiStartError> {
     migrate::migrate(&settings.database_url).await?;
-    let pool = database::pool(&settings.database_url, settings.pool_size)?;
+    let pool = database::pool_with_timeouts(
+        &settings.database_url,
+        settings.pool_size,
+        settings.dependency_timeout,
+    )?;
     let dispatcher = Dispatcher::new(
         settings.timeout,
         settings.response_excerpt_bytes,
         settings.network_policy.clone(),
     )
     .map_err(|e| ApiStartError::Http(e.to_string()))?;
-    let broker = broker::Broker::new(settings.amqp_url.clone(), settings.topology.clone());
+    let broker = broker::Broker::new(
+        settings.amqp_url.clone(),
+        settings.topology.clone(),
+        settings.dependency_timeout,
+    );
     Ok(AppState {
         settings: Arc::new(settings),
         pool,

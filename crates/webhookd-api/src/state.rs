@@ -44,6 +44,9 @@ pub struct ApiSettings {
     pub max_consecutive_failures: i32,
     /// Database connections.
     pub pool_size: usize,
+    /// The longest a request waits on each dependency step (`WEBHOOKD_API_DEPENDENCY_TIMEOUT`): a free
+    /// database connection, a broker connection, a broker confirm, a DNS lookup. Past it the answer is a 503.
+    pub dependency_timeout: Duration,
 }
 
 /// The state behind every route.

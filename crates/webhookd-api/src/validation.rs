@@ -1,6 +1,8 @@
 //! Validating webhook requests field by field, with Django REST framework's messages, and checking URLs
 //! against the SSRF policy after DNS resolution.
 
+use std::time::Duration;
+
 use serde_json::{Map, Value};
 use webhookd_core::static_headers::is_reserved;
 use webhookd_core::{Catalog, NetworkPolicy};
@@ -146,17 +148,29 @@ pub fn check_actions_fit_project(
     Ok(())
 }
 
-/// Resolves the URL's host and refuses it if any address is one webhooks may not reach.
-pub async fn check_url_reachable(url: &str, policy: &NetworkPolicy) -> Result<(), ApiError> {
+/// Resolves the URL's host and refuses it if any address is one webhooks may not reach. A lookup that takes
+/// longer than `limit` is a 503 (the resolver is slow, the URL may be fine).
+pub async fn check_url_reachable(
+    url: &str,
+    policy: &NetworkPolicy,
+    limit: Duration,
+) -> Result<(), ApiError> {
     let parsed = url::Url::parse(url).map_err(|_| ApiError::field("url", "Enter a valid URL."))?;
     let port = parsed.port_or_known_default().unwrap_or(80);
     let addresses: Vec<std::net::IpAddr> = match parsed.host() {
         Some(url::Host::Ipv4(ip)) => vec![ip.into()],
         Some(url::Host::Ipv6(ip)) => vec![ip.into()],
-        Some(url::Host::Domain(name)) => match tokio::net::lookup_host((name, port)).await {
-            Ok(found) => found.map(|a| a.ip()).collect(),
-            Err(_) => Vec::new(),
-        },
+        Some(url::Host::Domain(name)) => {
+            match tokio::time::timeout(limit, tokio::net::lookup_host((name, port))).await {
+                Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
+                Ok(Err(_)) => Vec::new(),
+                Err(_) => {
+                    return Err(ApiError::Unavailable(format!(
+                        "The host name of url, {name}, could not be resolved within {limit:?}. Retry the request."
+                    )))
+                }
+            }
+        }
         None => Vec::new(),
     };
     if addresses.is_empty() {

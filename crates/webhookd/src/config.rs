@@ -79,6 +79,8 @@ pub struct Config {
     pub max_event_bytes: usize,
     /// `WEBHOOKD_SECRET_ROTATION_GRACE`.
     pub secret_grace: Duration,
+    /// `WEBHOOKD_API_DEPENDENCY_TIMEOUT`: the API's limit on each wait for the database pool, the broker or DNS.
+    pub api_dependency_timeout: Duration,
     /// `RUST_LOG`: the log filter.
     pub log_filter: String,
     /// `LOG_FORMAT`: JSON lines (`Some(true)`), text (`Some(false)`), or by whether stdout is a terminal.
@@ -321,6 +323,11 @@ impl Config {
                 86_400.0,
                 "a positive number of seconds",
             )?,
+            api_dependency_timeout: env.seconds(
+                "WEBHOOKD_API_DEPENDENCY_TIMEOUT",
+                5.0,
+                "a positive number of seconds",
+            )?,
             log_filter: env.parse(
                 "RUST_LOG",
                 "info".to_owned(),
@@ -360,6 +367,7 @@ impl Config {
             batch_size: self.batch_size,
             max_consecutive_failures: self.max_consecutive_failures,
             pool_size: self.pool_size,
+            dependency_timeout: self.api_dependency_timeout,
         }
     }
 
@@ -440,6 +448,7 @@ mod tests {
         assert_eq!(c.max_consecutive_failures, 50);
         assert_eq!(c.max_retry_after, Duration::from_secs(3600));
         assert_eq!(c.max_event_bytes, 1_048_576);
+        assert_eq!(c.api_dependency_timeout, Duration::from_secs(5));
         assert_eq!(c.topology().work_queue(), "webhookd.work");
     }
 

@@ -297,9 +297,11 @@ pub async fn redeliver(
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let delivery_id = parse_delivery_id(&id)?;
-    let client = state.pool.get().await?;
-    let attempts =
-        delivery_log::delivery_attempts(&**client, principal.organization, delivery_id).await?;
+    // The connection goes back to the pool before the broker is waited on.
+    let attempts = {
+        let client = state.pool.get().await?;
+        delivery_log::delivery_attempts(&**client, principal.organization, delivery_id).await?
+    };
     let last = attempts
         .iter()
         .max_by_key(|a| a.attempt)
@@ -348,11 +350,14 @@ pub async fn recover(
             ))
         }
     };
-    let client = state.pool.get().await?;
-    webhooks::get_webhook(&**client, principal.organization, id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let failed = delivery_log::unsuccessful_deliveries(&**client, id, since, RECOVER_LIMIT).await?;
+    // The connection goes back to the pool before the broker is waited on.
+    let failed = {
+        let client = state.pool.get().await?;
+        webhooks::get_webhook(&**client, principal.organization, id)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+        delivery_log::unsuccessful_deliveries(&**client, id, since, RECOVER_LIMIT).await?
+    };
     let mut queued = 0;
     for last in failed.iter().filter(|r| r.action != PING) {
         state

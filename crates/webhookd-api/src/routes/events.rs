@@ -112,8 +112,10 @@ pub async fn ingest(
     let max = state.settings.max_event_bytes;
     // Checked before the key is claimed, so that a refused event leaves no pending key behind.
     let mut envelope = envelope_within_limit(&mut event, &id, max)?;
-    let client = state.pool.get().await?;
+    // No database connection is held while the broker is waited on: the key is claimed with one, which goes
+    // back to the pool before the publish, and marked published with another.
     if let Some(key) = &key {
+        let client = state.pool.get().await?;
         match events::claim_idempotency_key(&**client, principal.organization, key, &id).await? {
             KeyState::New => {}
             KeyState::Pending(earlier) => {
@@ -135,6 +137,7 @@ pub async fn ingest(
         )));
     }
     if let Some(key) = &key {
+        let client = state.pool.get().await?;
         events::mark_key_published(&**client, principal.organization, key).await?;
     }
     Ok((StatusCode::ACCEPTED, Json(json!({"id": id}))))

@@ -45,26 +45,31 @@ pub async fn test(
     Path(id): Path<String>,
 ) -> Result<Json<TestOutcome>, ApiError> {
     let id = parse_id(&id)?;
-    let mut client = state.pool.get().await?;
-    let webhook = webhooks::load_subscription(&**client, principal.organization, id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
     let event_id = EventId::new();
-    let envelope = json!({"version": 1, "organization": principal.organization, "action": PING,
-        "project": null, "payload": {"webhook": {"id": id}}});
-    events::claim_events(
-        &client,
-        &[NewEvent {
-            id: event_id.0,
-            organization: principal.organization,
-            project: None,
-            action: PING.to_owned(),
-            producer_id: None,
-            body: envelope.to_string(),
-            claim_token: uuid::Uuid::new_v4(),
-        }],
-    )
-    .await?;
+    // The webhook is loaded and the ping's event claimed with one connection, which goes back to the pool
+    // while the receiver is waited on; the log row is written with another.
+    let webhook = {
+        let client = state.pool.get().await?;
+        let webhook = webhooks::load_subscription(&**client, principal.organization, id)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+        let envelope = json!({"version": 1, "organization": principal.organization, "action": PING,
+            "project": null, "payload": {"webhook": {"id": id}}});
+        events::claim_events(
+            &client,
+            &[NewEvent {
+                id: event_id.0,
+                organization: principal.organization,
+                project: None,
+                action: PING.to_owned(),
+                producer_id: None,
+                body: envelope.to_string(),
+                claim_token: uuid::Uuid::new_v4(),
+            }],
+        )
+        .await?;
+        webhook
+    };
     let key = DeliveryKey::new(event_id, id, principal.organization, PING, 0);
     let delivery_id = DeliveryId(key.delivery_id);
     let report = state
@@ -100,6 +105,7 @@ pub async fn test(
         response_excerpt: report.excerpt.clone(),
     };
     let row = AttemptRow::made(key, 1, outcome, report, None);
+    let mut client = state.pool.get().await?;
     delivery_log::write_attempts(
         &mut client,
         uuid::Uuid::now_v7(),
