@@ -669,7 +669,10 @@ fn assert_ssrf_refused(status: u16, err: &Value, class: &str, context: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_ping_redeliver_and_recover_make_real_deliveries_and_log_rows() {
     let env = TestEnv::new(|s| s.retry_policy = RetryPolicy::new(Vec::new(), true)).await;
-    let api = env.start_api(|_| {}).await;
+    // Four recover requests: more than the default burst of 3 (WEBHOOKD_RECOVERIES_BURST).
+    let api = env
+        .start_api(|s| s.rate_limits.recover = webhookd_api::rate_limit::Rate::new(60, 10))
+        .await;
     let worker = env.start_worker().await;
     let rx = Receiver::start().await;
     let t = env.token(1).await;

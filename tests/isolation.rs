@@ -394,3 +394,122 @@ async fn test_pings_hold_no_database_connection_while_the_receiver_is_waited_on(
     let rows = env.attempts().await;
     assert_eq!(rows.len(), 2, "each ping wrote its log row: {rows:?}");
 }
+
+/// A 429 in Label Studio's envelope with `Retry-After` (whole seconds, at most `max_secs`), naming `what`.
+fn assert_rate_limited(
+    (status, headers, body): &(u16, reqwest::header::HeaderMap, Value),
+    what: &str,
+    max_secs: u64,
+) {
+    assert_eq!(*status, 429, "{body}");
+    assert_envelope(body, 429);
+    let retry_after: u64 = headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Retry-After in {headers:?}"));
+    assert!(
+        (1..=max_secs).contains(&retry_after),
+        "Retry-After: {retry_after}"
+    );
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.starts_with(&format!("Too many {what} for organization 1: ")),
+        "{detail}"
+    );
+    assert!(
+        detail.ends_with(&format!("Retry in {retry_after} s.")),
+        "{detail}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_pings_redeliveries_and_recovers_are_rate_limited_per_organization() {
+    use webhookd_api::rate_limit::{Rate, RateLimitSettings};
+    let env = TestEnv::new(|_| {}).await;
+    let api = env
+        .start_api(|s| {
+            s.rate_limits = RateLimitSettings {
+                test_ping: Rate::new(6, 3),
+                redeliver: Rate::new(6, 3),
+                recover: Rate::new(1, 2),
+            }
+        })
+        .await;
+    let rx = Receiver::start().await;
+    let (one, two) = (env.token(1).await, env.token(2).await);
+    let mut hooks = Vec::new();
+    for t in [&one, &two] {
+        let (_, hook) = api
+            .call(
+                "POST",
+                "/api/webhooks/",
+                Some(t),
+                Some(&json!({"url": rx.url("/ping")})),
+            )
+            .await;
+        hooks.push(hook["id"].as_i64().unwrap_or_default());
+    }
+    let call = |t: &str, path: String, body: Option<Value>| {
+        let (api, t) = (api.client.clone(), t.to_owned());
+        async move {
+            let body = body.map(|b| b.to_string().into_bytes());
+            api.call_full("POST", &path, Some(&t), body, &[]).await
+        }
+    };
+
+    // Test pings: a burst of 3, then one every 10 s.
+    let ping = |t: &str, id: i64| call(t, format!("/api/webhooks/{id}/test/"), None);
+    for _ in 0..3 {
+        assert_eq!(ping(&one, hooks[0]).await.0, 200);
+    }
+    assert_rate_limited(&ping(&one, hooks[0]).await, "test pings", 10);
+    assert_eq!(
+        rx.requests("/ping").len(),
+        3,
+        "the limited ping was not sent"
+    );
+    assert_eq!(
+        ping(&two, hooks[1]).await.0,
+        200,
+        "another organization is not affected"
+    );
+
+    // Redeliveries count every request, found or not.
+    let redeliver = |t: &str| {
+        let unknown = format!(
+            "/api/deliveries/msg_{}/redeliver/",
+            uuid::Uuid::new_v4().simple()
+        );
+        call(t, unknown, None)
+    };
+    for _ in 0..3 {
+        assert_eq!(redeliver(&one).await.0, 404);
+    }
+    assert_rate_limited(&redeliver(&one).await, "redeliveries", 10);
+    assert_eq!(
+        redeliver(&two).await.0,
+        404,
+        "another organization is not affected"
+    );
+
+    // Recover: a burst of 2, then one a minute.
+    let since = json!({"since": "2000-01-01T00:00:00Z"});
+    let recover = |t: &str, id: i64| {
+        call(
+            t,
+            format!("/api/webhooks/{id}/recover/"),
+            Some(since.clone()),
+        )
+    };
+    for _ in 0..2 {
+        let (status, _, body) = recover(&one, hooks[0]).await;
+        assert_eq!((status, body), (202, json!({"redelivered": 0})));
+    }
+    assert_rate_limited(&recover(&one, hooks[0]).await, "recover requests", 60);
+    assert_eq!(
+        recover(&two, hooks[1]).await.0,
+        202,
+        "another organization is not affected"
+    );
+}

@@ -76,6 +76,7 @@ impl TestEnv {
             max_consecutive_failures: 50,
             pool_size: 4,
             dependency_timeout: Duration::from_secs(5),
+            rate_limits: Default::default(),
         };
         tweak(&mut settings);
         let listener = webhookd_api::bind(&settings).await.unwrap();

@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 pub mod openapi;
 pub mod ops;
+pub mod rate_limit;
 pub mod routes;
 pub mod state;
 pub mod validation;
@@ -65,6 +66,7 @@ pub async fn state(settings: ApiSettings) -> Result<AppState, ApiStartError> {
         settings.dependency_timeout,
     );
     Ok(AppState {
+        rate_limits: Arc::new(rate_limit::RateLimits::new(settings.rate_limits)),
         settings: Arc::new(settings),
         pool,
         broker: Arc::new(broker),

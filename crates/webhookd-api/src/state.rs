@@ -10,6 +10,7 @@ use webhookd_dispatch::Dispatcher;
 use webhookd_store::Pool;
 
 use crate::broker::Broker;
+use crate::rate_limit::{RateLimitSettings, RateLimits};
 
 /// API settings (built from the environment by the binary, or directly by tests).
 #[derive(Debug, Clone)]
@@ -47,6 +48,8 @@ pub struct ApiSettings {
     /// The longest a request waits on each dependency step (`WEBHOOKD_API_DEPENDENCY_TIMEOUT`): a free
     /// database connection, a broker connection, a broker confirm, a DNS lookup. Past it the answer is a 503.
     pub dependency_timeout: Duration,
+    /// Per-organization rates of test pings, redeliveries and recover requests.
+    pub rate_limits: RateLimitSettings,
 }
 
 /// The state behind every route.
@@ -60,4 +63,6 @@ pub struct AppState {
     pub broker: Arc<Broker>,
     /// The HTTP client of test pings.
     pub dispatcher: Dispatcher,
+    /// The limiters of the routes that send requests.
+    pub rate_limits: Arc<RateLimits>,
 }

@@ -15,6 +15,7 @@ use webhookd_store::webhooks;
 
 use crate::error::ApiError;
 use crate::extract::Principal;
+use crate::rate_limit::Limited;
 use crate::routes::parse_id;
 use crate::state::AppState;
 
@@ -38,13 +39,18 @@ pub struct TestOutcome {
 
 /// Sends a signed PING to the webhook and reports the outcome.
 #[utoipa::path(post, path = "/api/webhooks/{id}/test/", tag = "webhooks",
-    responses((status = 200, body = TestOutcome), (status = 404)))]
+    responses((status = 200, body = TestOutcome), (status = 404),
+        (status = 429, description = "the organization's test pings are over their rate; see Retry-After"),
+        (status = 503)))]
 pub async fn test(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<TestOutcome>, ApiError> {
     let id = parse_id(&id)?;
+    state
+        .rate_limits
+        .check(Limited::TestPing, principal.organization)?;
     let event_id = EventId::new();
     // The webhook is loaded and the ping's event claimed with one connection, which goes back to the pool
     // while the receiver is waited on; the log row is written with another.
