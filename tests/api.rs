@@ -196,7 +196,6 @@ async fn webhooks_are_created_read_updated_and_deleted_as_in_label_studio() {
     assert_eq!(left, json!([org_hook]), "no update created a webhook");
 }
 
-/// The keys of a JSON object, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_validation_error_is_a_400_naming_the_field() {
     let env = TestEnv::new(|_| {}).await;

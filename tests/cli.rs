@@ -222,14 +222,9 @@ async fn publish_refuses_an_id_longer_than_255_bytes_before_connecting() {
     let id = "😀".repeat(128); // 128 characters, 512 bytes
     let out = env
         .webhookd()
-        .args([
-            "publish",
-            "--organization",
-            "1",
-            "--action",
-            "PROJECT_DELETED",
-        ])
-        .args(["--payload", r#"{"project": {"id": 1}}"#, "--id", &id])
+        .args(["publish", "--id", &id, "--organization", "1"])
+        .args(["--action", "PROJECT_DELETED"])
+        .args(["--payload", r#"{"project": {"id": 1}}"#])
         .output()
         .await
         .unwrap();

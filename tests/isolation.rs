@@ -214,19 +214,24 @@ async fn ingest(
     (status, headers, body, started.elapsed())
 }
 
+/// Checks that an answer is an `expected` error in Label Studio's envelope; returns its `Retry-After` seconds.
+fn refusal(status: u16, headers: &reqwest::header::HeaderMap, body: &Value, expected: u16) -> u64 {
+    assert_eq!(status, expected, "{body}");
+    assert_envelope(body, expected);
+    headers
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Retry-After in {headers:?}"))
+}
+
 /// A 503 in Label Studio's envelope with `Retry-After`, whose detail contains `cause`, answered within `within`.
 fn assert_unavailable(
     (status, headers, body, took): &(u16, reqwest::header::HeaderMap, Value, Duration),
     cause: &str,
     within: Duration,
 ) {
-    assert_eq!(*status, 503, "{body}");
-    assert_envelope(body, 503);
-    assert_eq!(
-        headers.get("retry-after").and_then(|v| v.to_str().ok()),
-        Some("5"),
-        "{headers:?}"
-    );
+    assert_eq!(refusal(*status, headers, body, 503), 5);
     let detail = body["detail"].as_str().unwrap_or_default();
     assert!(detail.contains(cause), "{detail}");
     assert!(*took <= within, "answered after {took:?}, limit {within:?}");
@@ -401,13 +406,7 @@ fn assert_rate_limited(
     what: &str,
     max_secs: u64,
 ) {
-    assert_eq!(*status, 429, "{body}");
-    assert_envelope(body, 429);
-    let retry_after: u64 = headers
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no Retry-After in {headers:?}"));
+    let retry_after = refusal(*status, headers, body, 429);
     assert!(
         (1..=max_secs).contains(&retry_after),
         "Retry-After: {retry_after}"
