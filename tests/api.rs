@@ -6,6 +6,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::api::{assert_envelope, keys};
 use support::receiver::Receiver;
 use support::{envelope, wait_for, TestEnv};
 use webhookd_core::{NetworkPolicy, RetryPolicy, SigningSecret};
@@ -193,36 +194,6 @@ async fn webhooks_are_created_read_updated_and_deleted_as_in_label_studio() {
     }
     let (_, left) = api.call("GET", "/api/webhooks/", t, None).await;
     assert_eq!(left, json!([org_hook]), "no update created a webhook");
-}
-
-/// The keys of a JSON object, in order.
-fn keys(v: &Value) -> Vec<&str> {
-    v.as_object()
-        .unwrap_or_else(|| panic!("not an object: {v}"))
-        .keys()
-        .map(String::as_str)
-        .collect()
-}
-
-/// `err` is Label Studio's error envelope, with exactly its keys, for `status`.
-fn assert_envelope(err: &Value, status: u16) {
-    assert_eq!(
-        keys(err),
-        [
-            "id",
-            "status_code",
-            "version",
-            "detail",
-            "exc_info",
-            "validation_errors"
-        ],
-        "{err}"
-    );
-    assert_eq!(
-        (err["status_code"].clone(), err["exc_info"].clone()),
-        (json!(status), Value::Null),
-        "{err}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -600,6 +571,9 @@ async fn ssrf_protection_refuses_internal_urls_unless_allowed() {
         ("http://[::1]/hook", "loopback"),
         ("http://[::ffff:127.0.0.1]/hook", "IPv4-mapped IPv6"),
         ("http://[fe80::1]/hook", "link-local"),
+        ("http://[fec0::1]/hook", "site-local"),
+        ("http://[2001::1]/hook", "Teredo"),
+        ("http://[100::1]/hook", "discard-only"),
     ] {
         let (status, err) = strict
             .call("POST", "/api/webhooks/", t, Some(&json!({"url": url})))
@@ -694,7 +668,10 @@ fn assert_ssrf_refused(status: u16, err: &Value, class: &str, context: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_ping_redeliver_and_recover_make_real_deliveries_and_log_rows() {
     let env = TestEnv::new(|s| s.retry_policy = RetryPolicy::new(Vec::new(), true)).await;
-    let api = env.start_api(|_| {}).await;
+    // Four recover requests: more than the default burst of 3 (WEBHOOKD_RECOVERIES_BURST).
+    let api = env
+        .start_api(|s| s.rate_limits.recover = webhookd_api::rate_limit::Rate::new(60, 10))
+        .await;
     let worker = env.start_worker().await;
     let rx = Receiver::start().await;
     let t = env.token(1).await;

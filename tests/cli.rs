@@ -217,6 +217,30 @@ async fn publish_refuses_an_id_flag_beside_a_whole_envelope() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_refuses_an_id_longer_than_255_bytes_before_connecting() {
+    let env = TestEnv::new(|_| {}).await;
+    let id = "😀".repeat(128); // 128 characters, 512 bytes
+    let out = env
+        .webhookd()
+        .args(["publish", "--id", &id, "--organization", "1"])
+        .args(["--action", "PROJECT_DELETED"])
+        .args(["--payload", r#"{"project": {"id": 1}}"#])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("for '--id <ID>'"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "must be a string of 1 to 255 bytes of UTF-8 without control characters, got 512 bytes"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(env.queued_events().await, 0, "nothing was published");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_is_idempotent_and_publish_delivers_through_a_worker() {
     let env = TestEnv::new(|_| {}).await;
     for _ in 0..2 {
@@ -328,13 +352,37 @@ async fn the_client_emits_confirmed_events_and_refuses_bad_ones() {
     let err = emitter
         .emit_for_instances(
             1,
-            project,
+            project.clone(),
             "ANNOTATION_CREATED",
             vec![json!({"id": 1}), json!({"id": 2})],
         )
         .await
         .unwrap_err();
     assert!(matches!(err, EmitError::Instances(_)), "{err}");
+
+    // An id too long for the AMQP message-id (128 characters, 512 bytes), set by hand on a valid event, is
+    // refused before anything is sent (before, it went to the broker as an over-long message-id).
+    let mut event = webhookd_client::Event::from_value(
+        envelope(
+            1,
+            "ANNOTATION_CREATED",
+            project.clone(),
+            json!({"annotation": {"id": 3}, "task": {"id": 4}}),
+        ),
+        &Catalog::builtin(),
+    )
+    .unwrap();
+    event.producer_id = Some("😀".repeat(128));
+    let err = emitter.publish(&event).await.unwrap_err();
+    assert!(matches!(err, EmitError::Invalid(_)), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "invalid event: field `id` must be a string of 1 to 255 bytes of UTF-8 without control characters, got 512 bytes"
+    );
+    event.producer_id = Some("é".repeat(127)); // 254 bytes: fine
+    emitter.publish(&event).await.unwrap();
+    let got = rx.wait_for("/client", 3, Duration::from_secs(15)).await;
+    assert_eq!(got.len(), 3, "only the valid id was delivered");
 
     // An exchange no worker queue is bound to: the broker would drop the event, so emit says so.
     let lonely = format!("{}.unbound", env.name);

@@ -554,6 +554,15 @@ async fn malformed_messages_are_dead_lettered_with_their_reason_while_good_ones_
             br#"{"version": 1, "organization": "one", "action": "PROJECT_DELETED"}"#.to_vec(),
             "field `organization` must be a positive integer",
         ),
+        (
+            // 128 characters but 512 bytes: too long for the AMQP message-id the id becomes.
+            "PROJECT_DELETED",
+            json!({"version": 1, "id": "😀".repeat(128), "organization": 1,
+                "action": "PROJECT_DELETED", "payload": {"project": {"id": 1}}})
+            .to_string()
+            .into_bytes(),
+            "field `id` must be a string of 1 to 255 bytes of UTF-8 without control characters, got 512 bytes",
+        ),
     ];
     for (i, (key, body, _)) in bad.iter().enumerate() {
         env.publish(&good(i as i64)).await;

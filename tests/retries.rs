@@ -118,6 +118,47 @@ async fn a_receiver_failing_twice_gets_three_attempts_none_of_them_early() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_longer_than_the_schedule_is_honoured() {
+    // Fails on the policy that capped Retry-After at twice the scheduled wait: the retry came after ~0.4 s.
+    let env = TestEnv::new(|s| {
+        s.retry_policy = RetryPolicy::new(RetryPolicy::parse_schedule("0.2,0.4").unwrap(), true)
+    })
+    .await;
+    let rx = Receiver::start().await;
+    rx.script("/busy", |n| match n {
+        0 => (503, vec![("retry-after", "2".to_owned())], Duration::ZERO),
+        _ => (200, vec![], Duration::ZERO),
+    });
+    let (id, _) = env.webhook(NewWebhook::new(1, None, rx.url("/busy"))).await;
+    let worker = env.start_worker().await;
+    env.publish(&event(1)).await;
+
+    let rows = wait_rows(&env, id, 2).await;
+    let summary: Vec<(i32, &str, Option<i16>)> =
+        rows.iter().map(|r| (r.0, r.1.as_str(), r.2)).collect();
+    assert_eq!(
+        summary,
+        [(1, "failed", Some(503)), (2, "succeeded", Some(200))]
+    );
+    let got = rx.requests("/busy");
+    assert_eq!(got.len(), 2);
+    let gap = got[1].at - got[0].at;
+    assert!(
+        gap >= Duration::from_secs(2),
+        "the second attempt came {gap:?} after the first, before the receiver's Retry-After: 2"
+    );
+    let scheduled = rows[0]
+        .4
+        .expect("the failed attempt has its next attempt time");
+    let announced = scheduled.duration_since(got[0].wall).unwrap_or_default();
+    assert!(
+        announced >= Duration::from_millis(1900),
+        "next_attempt_at is {announced:?} after the first attempt"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_that_never_succeeds_ends_dead_after_the_last_attempt() {
     let env = TestEnv::new(|_| {}).await;
     let rx = Receiver::start().await;

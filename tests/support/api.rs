@@ -4,7 +4,7 @@ use std::ops::Deref;
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use webhookd_api::ApiSettings;
 
@@ -21,6 +21,8 @@ pub struct ApiClient {
 pub struct TestApi {
     pub client: ApiClient,
     pub settings: ApiSettings,
+    /// The API's own database pool (to hold its connections).
+    pub pool: webhookd_store::Pool,
     stop: CancellationToken,
 }
 
@@ -65,6 +67,7 @@ impl TestEnv {
             catalog: self.settings.catalog.clone(),
             max_webhooks_per_organization: 100,
             max_body_bytes: 1 << 20,
+            max_event_bytes: 1 << 20,
             network_policy: self.settings.network_policy.clone(),
             secret_grace: Duration::from_secs(86_400),
             timeout: Duration::from_secs(1),
@@ -72,11 +75,14 @@ impl TestEnv {
             batch_size: self.settings.batch_size,
             max_consecutive_failures: 50,
             pool_size: 4,
+            dependency_timeout: Duration::from_secs(5),
+            rate_limits: Default::default(),
         };
         tweak(&mut settings);
         let listener = webhookd_api::bind(&settings).await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let state = webhookd_api::state(settings.clone()).await.unwrap();
+        let pool = state.pool.clone();
         let stop = CancellationToken::new();
         tokio::spawn(webhookd_api::serve(
             listener,
@@ -86,6 +92,7 @@ impl TestEnv {
         TestApi {
             client: ApiClient::new(base),
             settings,
+            pool,
             stop,
         }
     }
@@ -178,6 +185,19 @@ impl ApiClient {
         body: Option<Vec<u8>>,
         headers: &[(&str, &str)],
     ) -> (u16, Value) {
+        let (status, _, json) = self.call_full(method, path, token, body, headers).await;
+        (status, json)
+    }
+
+    /// Sends a request; returns the status, the response headers and the JSON body (as `call` does).
+    pub async fn call_full(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = self.http.request(method, self.url(path));
         if let Some(t) = token {
@@ -191,13 +211,14 @@ impl ApiClient {
         }
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
+        let response_headers = resp.headers().clone();
         let text = resp.text().await.unwrap();
         let json = if text.is_empty() {
             Value::Null
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
-        (status, json)
+        (status, response_headers, json)
     }
 
     /// The value of an unlabelled series on `/metrics` (`None` until the process has set it).
@@ -208,4 +229,34 @@ impl ApiClient {
             value.trim().parse().ok()
         })
     }
+}
+
+/// The keys of a JSON object, in order.
+pub fn keys(v: &Value) -> Vec<&str> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .map(String::as_str)
+        .collect()
+}
+
+/// `err` is Label Studio's error envelope, with exactly its keys, for `status`.
+pub fn assert_envelope(err: &Value, status: u16) {
+    assert_eq!(
+        keys(err),
+        [
+            "id",
+            "status_code",
+            "version",
+            "detail",
+            "exc_info",
+            "validation_errors"
+        ],
+        "{err}"
+    );
+    assert_eq!(
+        (err["status_code"].clone(), err["exc_info"].clone()),
+        (json!(status), Value::Null),
+        "{err}"
+    );
 }

@@ -72,10 +72,11 @@ impl Drop for Vhost {
 }
 
 /// A TCP proxy to `target` on 127.0.0.1 that the test can cut (every connection dropped, new ones refused)
-/// and restore.
+/// and restore, or stall (every connection, open or new, stays open but no byte goes through either way).
 pub struct Proxy {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    stalled: tokio::sync::watch::Sender<bool>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
@@ -85,19 +86,25 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
+        let stalled = tokio::sync::watch::Sender::new(false);
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let accept = tokio::spawn({
-            let (cut, conns) = (cut.clone(), conns.clone());
+            let (cut, conns, stalled) = (cut.clone(), conns.clone(), stalled.clone());
             async move {
-                while let Ok((mut inbound, _)) = listener.accept().await {
+                while let Ok((inbound, _)) = listener.accept().await {
                     if cut.load(Ordering::SeqCst) {
                         drop(inbound);
                         continue;
                     }
+                    let stalled = stalled.subscribe();
                     let task = tokio::spawn(async move {
-                        if let Ok(mut outbound) = TcpStream::connect(target).await {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        if let Ok(outbound) = TcpStream::connect(target).await {
+                            let (in_read, in_write) = inbound.into_split();
+                            let (out_read, out_write) = outbound.into_split();
+                            tokio::join!(
+                                pump(in_read, out_write, stalled.clone()),
+                                pump(out_read, in_write, stalled),
+                            );
                         }
                     });
                     conns.lock().unwrap().push(task);
@@ -107,6 +114,7 @@ impl Proxy {
         Self {
             addr,
             cut,
+            stalled,
             conns,
             accept,
         }
@@ -120,9 +128,36 @@ impl Proxy {
         }
     }
 
-    /// Lets connections through again.
+    /// Lets connections through again (after `cut` or `stall`).
     pub fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
+        self.stalled.send_replace(false);
+    }
+
+    /// A black hole: connections, open and new, stay open, but nothing is forwarded either way (what is read
+    /// meanwhile, an end of stream included, waits until `restore`).
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+}
+
+/// Copies `from` to `to`, holding each chunk (and the end of the stream) while the proxy is stalled.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut stalled: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buf).await.unwrap_or(0);
+        if stalled.wait_for(|s| !*s).await.is_err() {
+            return;
+        }
+        if n == 0 || to.write_all(&buf[..n]).await.is_err() {
+            let _ = to.shutdown().await;
+            return;
+        }
     }
 }
 

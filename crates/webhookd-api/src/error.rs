@@ -1,8 +1,9 @@
 //! Errors in Label Studio's envelope: `{"id","status_code","version","detail","exc_info","validation_errors"}`.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -28,9 +29,18 @@ pub enum ApiError {
     /// 413.
     #[error("{0}")]
     PayloadTooLarge(String),
-    /// 503: the broker did not confirm.
+    /// 503 with `Retry-After`: a dependency (the database pool, the broker, DNS) failed or did not answer in
+    /// time.
     #[error("{0}")]
     Unavailable(String),
+    /// 429 with `Retry-After`: the organization's rate limit of a route that sends requests.
+    #[error("{detail}")]
+    RateLimited {
+        /// What was limited, and at what rate.
+        detail: String,
+        /// When the next request would be allowed.
+        retry_after: Duration,
+    },
     /// 500; the detail is logged, not shown.
     #[error("{0}")]
     Internal(String),
@@ -45,9 +55,19 @@ impl ApiError {
     }
 }
 
+/// The `Retry-After` of a 503, in seconds.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
+
 impl From<webhookd_store::PoolError> for ApiError {
     fn from(e: webhookd_store::PoolError) -> Self {
-        ApiError::Internal(e.to_string())
+        match e {
+            webhookd_store::PoolError::Timeout(_) => ApiError::Unavailable(
+                "The database did not provide a connection in time (all are busy or it is not answering). \
+                 Retry the request."
+                    .into(),
+            ),
+            e => ApiError::Internal(e.to_string()),
+        }
     }
 }
 
@@ -59,6 +79,14 @@ impl From<webhookd_store::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let retry_after = match &self {
+            ApiError::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER_SECS),
+            // Whole seconds, rounded up: a client that waits that long is let through.
+            ApiError::RateLimited { retry_after, .. } => {
+                Some(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0))
+            }
+            _ => None,
+        };
         let (status, detail, validation_errors) = match self {
             ApiError::Validation(errors) => (
                 StatusCode::BAD_REQUEST,
@@ -70,6 +98,9 @@ impl IntoResponse for ApiError {
             ApiError::NotFound => (StatusCode::NOT_FOUND, "Not found.".to_owned(), json!({})),
             ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m, json!({})),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m, json!({})),
+            ApiError::RateLimited { detail, .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, detail, json!({}))
+            }
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "API request failed");
                 (
@@ -87,6 +118,12 @@ impl IntoResponse for ApiError {
             "exc_info": null,
             "validation_errors": validation_errors,
         });
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        response
     }
 }

@@ -43,6 +43,10 @@ impl FromRequestParts<AppState> for Principal {
     }
 }
 
+/// A route's own body limit, when it is not `WEBHOOKD_MAX_BODY_BYTES` (a request extension, named in the 413).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit(pub usize);
+
 /// A JSON request body; too large → 413, malformed → 400, both in the API's envelope.
 pub struct JsonBody(pub Value);
 
@@ -50,12 +54,13 @@ impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let limit = req
+            .extensions()
+            .get::<BodyLimit>()
+            .map_or(state.settings.max_body_bytes, |l| l.0);
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(format!(
-                    "Request body is larger than {} bytes.",
-                    state.settings.max_body_bytes
-                ))
+                ApiError::PayloadTooLarge(format!("Request body is larger than {limit} bytes."))
             } else {
                 ApiError::BadRequest(rejection.body_text())
             }

@@ -6,15 +6,17 @@ pub mod error;
 pub mod extract;
 pub mod openapi;
 pub mod ops;
+pub mod rate_limit;
 pub mod routes;
 pub mod state;
 pub mod validation;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, MethodRouter};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use tokio_util::sync::CancellationToken;
 use utoipa::OpenApi;
 use webhookd_dispatch::Dispatcher;
@@ -22,6 +24,7 @@ use webhookd_store::{database, migrate, StoreError};
 
 pub use state::{ApiSettings, AppState};
 
+use crate::extract::BodyLimit;
 use crate::routes::{deliveries, events, info, secrets, webhook_test, webhooks};
 
 /// Why the API could not start.
@@ -46,15 +49,24 @@ pub enum ApiStartError {
 /// Migrates the database and builds the state every route shares.
 pub async fn state(settings: ApiSettings) -> Result<AppState, ApiStartError> {
     migrate::migrate(&settings.database_url).await?;
-    let pool = database::pool(&settings.database_url, settings.pool_size)?;
+    let pool = database::pool_with_timeouts(
+        &settings.database_url,
+        settings.pool_size,
+        settings.dependency_timeout,
+    )?;
     let dispatcher = Dispatcher::new(
         settings.timeout,
         settings.response_excerpt_bytes,
         settings.network_policy.clone(),
     )
     .map_err(|e| ApiStartError::Http(e.to_string()))?;
-    let broker = broker::Broker::new(settings.amqp_url.clone(), settings.topology.clone());
+    let broker = broker::Broker::new(
+        settings.amqp_url.clone(),
+        settings.topology.clone(),
+        settings.dependency_timeout,
+    );
     Ok(AppState {
+        rate_limits: Arc::new(rate_limit::RateLimits::new(settings.rate_limits)),
         settings: Arc::new(settings),
         pool,
         broker: Arc::new(broker),
@@ -105,7 +117,13 @@ pub fn router(state: AppState) -> Router {
         "/api/deliveries/{id}/redeliver/",
         post(deliveries::redeliver),
     );
-    r = route(r, "/api/events/", post(events::ingest));
+    // An event's body must reach the WEBHOOKD_MAX_EVENT_BYTES check, which names the limit, even when that is
+    // larger than WEBHOOKD_MAX_BODY_BYTES.
+    let ingest_limit = events::body_limit(&state.settings);
+    let ingest = post(events::ingest)
+        .layer::<_, Infallible>(DefaultBodyLimit::max(ingest_limit))
+        .layer::<_, Infallible>(Extension(BodyLimit(ingest_limit)));
+    r = route(r, "/api/events/", ingest);
     r = r.route(
         "/api/openapi.json",
         get(|| async { Json(openapi::ApiDoc::openapi()) }),

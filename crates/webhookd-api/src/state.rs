@@ -10,6 +10,7 @@ use webhookd_dispatch::Dispatcher;
 use webhookd_store::Pool;
 
 use crate::broker::Broker;
+use crate::rate_limit::{RateLimitSettings, RateLimits};
 
 /// API settings (built from the environment by the binary, or directly by tests).
 #[derive(Debug, Clone)]
@@ -28,6 +29,8 @@ pub struct ApiSettings {
     pub max_webhooks_per_organization: i64,
     /// `WEBHOOKD_MAX_BODY_BYTES`.
     pub max_body_bytes: usize,
+    /// `WEBHOOKD_MAX_EVENT_BYTES`: the largest envelope `POST /api/events/` publishes.
+    pub max_event_bytes: usize,
     /// SSRF protection for webhook URLs.
     pub network_policy: NetworkPolicy,
     /// How long a rotated-out secret keeps signing (`WEBHOOKD_SECRET_ROTATION_GRACE`).
@@ -42,6 +45,11 @@ pub struct ApiSettings {
     pub max_consecutive_failures: i32,
     /// Database connections.
     pub pool_size: usize,
+    /// The longest a request waits on each dependency step (`WEBHOOKD_API_DEPENDENCY_TIMEOUT`): a free
+    /// database connection, a broker connection, a broker confirm, a DNS lookup. Past it the answer is a 503.
+    pub dependency_timeout: Duration,
+    /// Per-organization rates of test pings, redeliveries and recover requests.
+    pub rate_limits: RateLimitSettings,
 }
 
 /// The state behind every route.
@@ -55,4 +63,6 @@ pub struct AppState {
     pub broker: Arc<Broker>,
     /// The HTTP client of test pings.
     pub dispatcher: Dispatcher,
+    /// The limiters of the routes that send requests.
+    pub rate_limits: Arc<RateLimits>,
 }

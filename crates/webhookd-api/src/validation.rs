@@ -1,7 +1,10 @@
 //! Validating webhook requests field by field, with Django REST framework's messages, and checking URLs
 //! against the SSRF policy after DNS resolution.
 
+use std::time::Duration;
+
 use serde_json::{Map, Value};
+use webhookd_core::static_headers::is_reserved;
 use webhookd_core::{Catalog, NetworkPolicy};
 use webhookd_store::webhooks::WebhookChanges;
 
@@ -79,7 +82,18 @@ pub fn parse_webhook(body: &Value, catalog: &Catalog) -> Result<WebhookInput, Ap
     }
     if let Some(v) = obj.get("headers") {
         match headers(v) {
-            Some(h) => input.fields.headers = Some(h),
+            Some(h) => {
+                let reserved: Vec<&String> = h.keys().filter(|k| is_reserved(k)).collect();
+                for name in &reserved {
+                    fail(
+                        "headers",
+                        format!("Header \"{name}\" cannot be set: webhookd sets it itself."),
+                    );
+                }
+                if reserved.is_empty() {
+                    input.fields.headers = Some(h);
+                }
+            }
             None => fail("headers", format!("{v} failed JSON schema check")),
         }
     }
@@ -134,17 +148,29 @@ pub fn check_actions_fit_project(
     Ok(())
 }
 
-/// Resolves the URL's host and refuses it if any address is one webhooks may not reach.
-pub async fn check_url_reachable(url: &str, policy: &NetworkPolicy) -> Result<(), ApiError> {
+/// Resolves the URL's host and refuses it if any address is one webhooks may not reach. A lookup that takes
+/// longer than `limit` is a 503 (the resolver is slow, the URL may be fine).
+pub async fn check_url_reachable(
+    url: &str,
+    policy: &NetworkPolicy,
+    limit: Duration,
+) -> Result<(), ApiError> {
     let parsed = url::Url::parse(url).map_err(|_| ApiError::field("url", "Enter a valid URL."))?;
     let port = parsed.port_or_known_default().unwrap_or(80);
     let addresses: Vec<std::net::IpAddr> = match parsed.host() {
         Some(url::Host::Ipv4(ip)) => vec![ip.into()],
         Some(url::Host::Ipv6(ip)) => vec![ip.into()],
-        Some(url::Host::Domain(name)) => match tokio::net::lookup_host((name, port)).await {
-            Ok(found) => found.map(|a| a.ip()).collect(),
-            Err(_) => Vec::new(),
-        },
+        Some(url::Host::Domain(name)) => {
+            match tokio::time::timeout(limit, tokio::net::lookup_host((name, port))).await {
+                Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
+                Ok(Err(_)) => Vec::new(),
+                Err(_) => {
+                    return Err(ApiError::Unavailable(format!(
+                        "The host name of url, {name}, could not be resolved within {limit:?}. Retry the request."
+                    )))
+                }
+            }
+        }
         None => Vec::new(),
     };
     if addresses.is_empty() {
@@ -261,6 +287,14 @@ mod tests {
         assert!(errors(json!({"headers": many})).contains_key("headers"));
         assert!(errors(json!({"headers": {"a": 1}})).contains_key("headers"));
         assert!(errors(json!({"headers": {"a": "line\nbreak"}})).contains_key("headers"));
+        assert_eq!(
+            errors(json!({"headers": {"hOsT": "x", "Webhook-Signature": "v1,x", "X-Ok": "y"}}))
+                ["headers"],
+            [
+                "Header \"hOsT\" cannot be set: webhookd sets it itself.",
+                "Header \"Webhook-Signature\" cannot be set: webhookd sets it itself.",
+            ]
+        );
         let long = format!("https://h.example/{}", "a".repeat(2048));
         assert_eq!(
             errors(json!({"url": long}))["url"],

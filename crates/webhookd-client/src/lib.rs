@@ -129,7 +129,12 @@ impl Emitter {
     }
 
     /// Publishes a validated event as it is (its `producer_id`, if any, makes a re-publish a duplicate).
+    /// An event whose `producer_id` breaks the contract (set by hand: 1 to 255 bytes of UTF-8, no control
+    /// characters) is refused with `EmitError::Invalid` before anything is sent.
     pub async fn publish(&self, event: &Event) -> Result<(), EmitError> {
+        if let Some(id) = &event.producer_id {
+            webhookd_core::event::check_producer_id(id)?;
+        }
         let body = event.to_envelope().to_string();
         self.publisher
             .publish_json(

@@ -6,8 +6,9 @@ use crate::actions::{ActionSpec, Catalog};
 
 /// The only envelope version this build understands.
 pub const ENVELOPE_VERSION: u64 = 1;
-/// The longest producer event id accepted.
-pub const MAX_PRODUCER_ID_LEN: usize = 128;
+/// The longest producer event id accepted, in bytes of UTF-8: the id travels as the AMQP `message-id`, a
+/// short string of at most 255 bytes.
+pub const MAX_PRODUCER_ID_LEN: usize = 255;
 
 /// A validated action event, ready to be matched and delivered.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,17 +83,11 @@ impl Event {
         }
         let producer_id = match obj.remove("id") {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_PRODUCER_ID_LEN => {
+            Some(Value::String(s)) => {
+                check_producer_id(&s)?;
                 Some(s)
             }
-            Some(_) => {
-                return Err(field(
-                    "id",
-                    format!(
-                        "must be a non-empty string of at most {MAX_PRODUCER_ID_LEN} characters"
-                    ),
-                ))
-            }
+            Some(other) => return Err(bad_id(&format!("got {}", json_type(&other)))),
         };
         let organization = match obj.get("organization").and_then(Value::as_i64) {
             Some(org) if org > 0 => org,
@@ -161,6 +156,40 @@ fn field(field: &'static str, problem: String) -> EventError {
     EventError::Field { field, problem }
 }
 
+/// Whether `id` may be a producer event id: 1 to `MAX_PRODUCER_ID_LEN` bytes of UTF-8, no control characters.
+/// The error names the field `id`, the rule and what was wrong.
+pub fn check_producer_id(id: &str) -> Result<(), EventError> {
+    if id.is_empty() {
+        Err(bad_id("got an empty string"))
+    } else if id.len() > MAX_PRODUCER_ID_LEN {
+        Err(bad_id(&format!("got {} bytes", id.len())))
+    } else if id.chars().any(char::is_control) {
+        Err(bad_id("got a control character"))
+    } else {
+        Ok(())
+    }
+}
+
+fn bad_id(got: &str) -> EventError {
+    field(
+        "id",
+        format!(
+            "must be a string of 1 to {MAX_PRODUCER_ID_LEN} bytes of UTF-8 without control characters, {got}"
+        ),
+    )
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// The payload must carry the action's key with the right type: a list for `many` actions, an object otherwise.
 fn check_payload_shape(spec: &ActionSpec, payload: &Map<String, Value>) -> Result<(), EventError> {
     let shape_err = |problem: String| EventError::PayloadShape {
@@ -208,6 +237,21 @@ mod tests {
     }
 
     #[test]
+    fn an_id_may_be_up_to_255_bytes_of_any_printable_utf8() {
+        let base = json!({"version": 1, "organization": 1, "action": "PROJECT_DELETED",
+            "payload": {"project": {"id": 1}}});
+        for id in [
+            "x".repeat(255),
+            "😀".repeat(63),
+            "évènement 17 / 項目".to_owned(),
+        ] {
+            let mut envelope = base.clone();
+            envelope["id"] = json!(id);
+            assert_eq!(parse(envelope).unwrap().producer_id, Some(id));
+        }
+    }
+
+    #[test]
     fn each_bad_envelope_names_its_problem() {
         let base = json!({"version": 1, "organization": 1, "action": "TASKS_CREATED",
             "project": {"id": 7}, "payload": {"tasks": [{"id": 1}]}});
@@ -251,10 +295,25 @@ mod tests {
             with("payload", json!({"task": []})),
             "payload of TASKS_CREATED must contain the key `tasks`"
         );
+        let id_rule =
+            "field `id` must be a string of 1 to 255 bytes of UTF-8 without control characters";
         assert_eq!(
-            with("id", json!("x".repeat(129))),
-            "field `id` must be a non-empty string of at most 128 characters"
+            with("id", json!("😀".repeat(128))),
+            format!("{id_rule}, got 512 bytes")
         );
+        assert_eq!(
+            with("id", json!("x".repeat(256))),
+            format!("{id_rule}, got 256 bytes")
+        );
+        assert_eq!(
+            with("id", json!("")),
+            format!("{id_rule}, got an empty string")
+        );
+        assert_eq!(
+            with("id", json!("a\nb")),
+            format!("{id_rule}, got a control character")
+        );
+        assert_eq!(with("id", json!(17)), format!("{id_rule}, got a number"));
         let org_only = parse(
             json!({"version": 1, "organization": 1, "action": "PROJECT_CREATED",
             "project": {"id": 7}, "payload": {"project": {"id": 7}}}),

@@ -1,6 +1,6 @@
 //! SSRF protection: which addresses a webhook may be delivered to. Loopback, private, link-local, CGNAT,
-//! multicast, unspecified, IPv4-mapped/translated IPv6 and cloud-metadata addresses are refused unless an
-//! allow-list (`WEBHOOKD_ALLOWED_NETWORKS`) opens them.
+//! multicast, unspecified, IPv4-mapped/translated IPv6, IPv6 site-local, Teredo, discard-only and
+//! cloud-metadata addresses are refused unless an allow-list (`WEBHOOKD_ALLOWED_NETWORKS`) opens them.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -132,6 +132,14 @@ fn classify_v6(ip: Ipv6Addr) -> Option<&'static str> {
         Some("private (unique local)")
     } else if seg[0] & 0xffc0 == 0xfe80 {
         Some("link-local")
+    } else if seg[0] & 0xffc0 == 0xfec0 {
+        // Deprecated (RFC 3879), but still routed inside some networks.
+        Some("site-local")
+    } else if seg[0] == 0x2001 && seg[1] == 0 {
+        // Teredo (RFC 4380) embeds an IPv4 server and client address, which could be an internal one.
+        Some("Teredo")
+    } else if seg[..4] == [0x100, 0, 0, 0] {
+        Some("discard-only")
     } else if seg[0] & 0xff00 == 0xff00 {
         Some("multicast")
     } else if seg[0] == 0x2001 && seg[1] == 0x0db8 {
@@ -172,11 +180,25 @@ mod tests {
             ("ff02::1", "multicast"),
             ("64:ff9b::a00:1", "IPv4-translated IPv6 (NAT64)"),
             ("fd00:ec2::254", "private (unique local)"), // AWS's IPv6 metadata address
+            ("fec0::1", "site-local"),
+            ("feff:ffff::1", "site-local"),
+            ("2001::1", "Teredo"),
+            ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "Teredo"),
+            ("100::1", "discard-only"),
+            ("100::ffff:ffff:ffff:ffff", "discard-only"),
         ];
         for (ip, expected) in cases {
             assert_eq!(class(ip), Some(expected), "{ip}");
         }
-        for public in ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "100.128.0.1"] {
+        for public in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700:4700::1111",
+            "100.128.0.1",
+            "2001:1::1",    // just past Teredo's /32
+            "2001:4860::1", // public
+            "100:0:0:1::1", // just past discard-only's /64
+        ] {
             assert_eq!(class(public), None, "{public}");
         }
     }

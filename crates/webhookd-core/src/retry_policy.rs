@@ -8,6 +8,8 @@ use rand::Rng;
 pub const DEFAULT_SCHEDULE: &str = "5,300,1800,7200,18000,36000,36000";
 /// Delays are spread uniformly by this fraction either way.
 pub const JITTER: f64 = 0.2;
+/// The longest receiver `Retry-After` honoured by default (`WEBHOOKD_MAX_RETRY_AFTER`): one hour.
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// How one attempt ended, as far as the retry decision cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +51,7 @@ pub enum Verdict {
 pub struct RetryPolicy {
     schedule: Vec<Duration>,
     retry_client_errors: bool,
+    max_retry_after: Duration,
 }
 
 /// Why a schedule string is unusable.
@@ -58,11 +61,19 @@ pub struct ScheduleError(pub String);
 
 impl RetryPolicy {
     /// A policy from its waits; `retry_client_errors` decides whether 4xx (other than 408/410/429) are retried.
+    /// A receiver's `Retry-After` is honoured up to `DEFAULT_MAX_RETRY_AFTER` (see `with_max_retry_after`).
     pub fn new(schedule: Vec<Duration>, retry_client_errors: bool) -> Self {
         Self {
             schedule,
             retry_client_errors,
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
         }
+    }
+
+    /// The same policy, honouring a receiver's `Retry-After` up to `max` (`WEBHOOKD_MAX_RETRY_AFTER`).
+    pub fn with_max_retry_after(mut self, max: Duration) -> Self {
+        self.max_retry_after = max;
+        self
     }
 
     /// Parses `WEBHOOK_RETRY_SCHEDULE`: waits in seconds, comma-separated, fractions allowed; empty = no retry.
@@ -87,12 +98,12 @@ impl RetryPolicy {
         self.schedule.len() as u32 + 1
     }
 
-    /// The longest wait this policy can ask for (jitter and `Retry-After` included).
+    /// The longest wait this policy can ask for (jitter and `Retry-After` included); nothing without retries.
     pub fn longest_wait(&self) -> Duration {
         self.schedule
             .iter()
             .max()
-            .map(|d| d.mul_f64(2.0 * (1.0 + JITTER)))
+            .map(|d| d.mul_f64(1.0 + JITTER).max(self.max_retry_after))
             .unwrap_or_default()
     }
 
@@ -122,9 +133,9 @@ impl RetryPolicy {
             return Verdict::Dead;
         };
         let jittered = base.mul_f64(rng.gen_range((1.0 - JITTER)..=(1.0 + JITTER)));
-        // A receiver's Retry-After is honoured, but only between the scheduled wait and twice the base.
+        // A receiver's Retry-After is honoured up to the maximum, and never makes the wait shorter.
         let wait = match retry_after {
-            Some(asked) => asked.clamp(jittered, base.mul_f64(2.0).max(jittered)),
+            Some(asked) => jittered.max(asked.min(self.max_retry_after)),
             None => jittered,
         };
         Verdict::Retry(wait)
@@ -201,31 +212,59 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_is_honoured_within_bounds() {
+    fn retry_after_is_honoured_up_to_the_maximum() {
         let p = RetryPolicy::new(vec![Duration::from_secs(100)], true);
         let mut rng = StdRng::seed_from_u64(3);
-        let with = |secs| AttemptResult::Status {
-            code: 429,
+        let with = |code, secs| AttemptResult::Status {
+            code,
             retry_after: Some(Duration::from_secs(secs)),
         };
-        let Verdict::Retry(w) = p.decide(1, with(150), &mut rng) else {
-            panic!()
+        let mut wait = |policy: &RetryPolicy, result| match policy.decide(1, result, &mut rng) {
+            Verdict::Retry(w) => w,
+            other => panic!("expected a retry, got {other:?}"),
         };
         assert_eq!(
-            w,
-            Duration::from_secs(150),
-            "honoured: between the jittered wait and twice the base"
+            wait(&p, with(503, 3000)),
+            Duration::from_secs(3000),
+            "far beyond twice the scheduled wait, but under the maximum: honoured"
         );
-        let Verdict::Retry(w) = p.decide(1, with(10_000), &mut rng) else {
-            panic!()
-        };
-        assert_eq!(w, Duration::from_secs(200), "capped at twice the base");
-        let Verdict::Retry(w) = p.decide(1, with(1), &mut rng) else {
-            panic!()
-        };
+        assert_eq!(
+            wait(&p, with(429, 100_000)),
+            DEFAULT_MAX_RETRY_AFTER,
+            "capped at the maximum"
+        );
+        let short = wait(&p, with(503, 1));
         assert!(
-            w.as_secs_f64() >= 80.0,
-            "never earlier than the jittered schedule"
+            (80.0..=120.0).contains(&short.as_secs_f64()),
+            "never earlier than the jittered schedule: {short:?}"
+        );
+        let capped = p.clone().with_max_retry_after(Duration::from_secs(500));
+        assert_eq!(wait(&capped, with(429, 1000)), Duration::from_secs(500));
+        let below = wait(
+            &capped.with_max_retry_after(Duration::from_secs(10)),
+            with(429, 1000),
+        );
+        assert!(
+            below.as_secs_f64() >= 80.0,
+            "a maximum below the schedule leaves the schedule: {below:?}"
+        );
+    }
+
+    #[test]
+    fn the_longest_wait_covers_the_schedule_and_the_retry_after_maximum() {
+        assert_eq!(policy().longest_wait(), Duration::from_secs(43_200));
+        let short = RetryPolicy::new(RetryPolicy::parse_schedule("0.2,0.4").unwrap(), true);
+        assert_eq!(short.longest_wait(), DEFAULT_MAX_RETRY_AFTER);
+        assert_eq!(
+            short
+                .with_max_retry_after(Duration::from_millis(100))
+                .longest_wait(),
+            Duration::from_millis(480)
+        );
+        assert_eq!(
+            RetryPolicy::new(Vec::new(), true).longest_wait(),
+            Duration::ZERO,
+            "no retries, no wait"
         );
     }
 
@@ -258,7 +297,6 @@ mod tests {
         assert!(RetryPolicy::parse_schedule("").unwrap().is_empty());
         assert!(RetryPolicy::parse_schedule("5,x").is_err());
         assert!(RetryPolicy::parse_schedule("-1").is_err());
-        assert_eq!(policy().longest_wait(), Duration::from_secs(86400));
     }
 
     #[test]

@@ -107,6 +107,26 @@ pub fn pool_with_options(
     size: usize,
     options: Option<&str>,
 ) -> Result<Pool, StoreError> {
+    build(builder(url, size, options)?)
+}
+
+/// A pool of `size` connections to `url` where waiting for a free connection, opening one and checking one
+/// before reuse each give up after `limit` with `PoolError::Timeout`, instead of waiting as long as it takes.
+pub fn pool_with_timeouts(url: &str, size: usize, limit: Duration) -> Result<Pool, StoreError> {
+    build(
+        builder(url, size, None)?
+            .wait_timeout(Some(limit))
+            .create_timeout(Some(limit))
+            .recycle_timeout(Some(limit))
+            .runtime(deadpool_postgres::Runtime::Tokio1),
+    )
+}
+
+fn builder(
+    url: &str,
+    size: usize,
+    options: Option<&str>,
+) -> Result<deadpool_postgres::PoolBuilder, StoreError> {
     let mut config = with_keepalives(parse_url(url)?);
     if let Some(options) = options {
         config.options(options);
@@ -121,12 +141,16 @@ pub fn pool_with_options(
             recycling_method: RecyclingMethod::Fast,
         },
     );
-    Pool::builder(manager)
+    Ok(Pool::builder(manager)
         .max_size(size)
         // The connection used last is handed out next: a steady load keeps reusing a few warm connections
         // instead of growing every connection's buffers to the size of the largest batch (measured: 4 MiB
         // of the worker's peak heap with the default rotation).
-        .queue_mode(QueueMode::Lifo)
+        .queue_mode(QueueMode::Lifo))
+}
+
+fn build(builder: deadpool_postgres::PoolBuilder) -> Result<Pool, StoreError> {
+    builder
         .build()
         .map_err(|e| StoreError::Config(format!("cannot build the database pool: {e}")))
 }

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use webhookd_api::rate_limit::{Rate, RateLimitSettings};
 use webhookd_broker::Topology;
-use webhookd_core::retry_policy::DEFAULT_SCHEDULE;
+use webhookd_core::retry_policy::{DEFAULT_MAX_RETRY_AFTER, DEFAULT_SCHEDULE};
 use webhookd_core::{Catalog, NetworkPolicy, RetryPolicy};
 use webhookd_worker::WorkerSettings;
 
@@ -47,6 +48,8 @@ pub struct Config {
     pub retry_schedule: Vec<Duration>,
     /// `WEBHOOK_RETRY_CLIENT_ERRORS`.
     pub retry_client_errors: bool,
+    /// `WEBHOOKD_MAX_RETRY_AFTER`: the longest receiver `Retry-After` honoured.
+    pub max_retry_after: Duration,
     /// `WEBHOOK_MAX_CONSECUTIVE_FAILURES`.
     pub max_consecutive_failures: i32,
     /// `WEBHOOKD_PREFETCH`.
@@ -75,12 +78,16 @@ pub struct Config {
     pub max_webhooks_per_organization: i64,
     /// `WEBHOOKD_MAX_BODY_BYTES`.
     pub max_body_bytes: usize,
+    /// `WEBHOOKD_MAX_EVENT_BYTES`: the largest event envelope, in bytes.
+    pub max_event_bytes: usize,
     /// `WEBHOOKD_SECRET_ROTATION_GRACE`.
     pub secret_grace: Duration,
-    /// `WEBHOOKD_MAX_EVENT_BYTES`: the largest event accepted.
-    pub max_event_bytes: usize,
     /// `WEBHOOKD_STALL_AFTER`: how long a writer may hold uncommitted work before it counts as stalled.
     pub stall_after: Duration,
+    /// `WEBHOOKD_API_DEPENDENCY_TIMEOUT`: the API's limit on each wait for the database pool, the broker or DNS.
+    pub api_dependency_timeout: Duration,
+    /// `WEBHOOKD_TEST_PINGS_*`, `WEBHOOKD_REDELIVERIES_*`, `WEBHOOKD_RECOVERIES_*`: per-organization rates.
+    pub rate_limits: RateLimitSettings,
     /// `RUST_LOG`: the log filter.
     pub log_filter: String,
     /// `LOG_FORMAT`: JSON lines (`Some(true)`), text (`Some(false)`), or by whether stdout is a terminal.
@@ -130,6 +137,20 @@ impl Env<'_> {
             s.is_finite() && *s > 0.0 && *s < 1e6
         })?;
         Ok(Duration::from_secs_f64(secs))
+    }
+
+    /// A per-minute rate and its burst, each a positive integer.
+    fn rate(
+        &self,
+        per_minute_var: &'static str,
+        burst_var: &'static str,
+        default: Rate,
+    ) -> Result<Rate, ConfigError> {
+        let expected = "a positive integer";
+        Ok(Rate {
+            per_minute: self.parse(per_minute_var, default.per_minute, expected, |_| true)?,
+            burst: self.parse(burst_var, default.burst, expected, |_| true)?,
+        })
     }
 
     fn boolean(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
@@ -215,6 +236,7 @@ impl Config {
         };
         let name_ok =
             |s: &String| !s.is_empty() && s.len() <= 200 && !s.contains(char::is_whitespace);
+        let defaults = RateLimitSettings::default();
         Ok(Self {
             database_url,
             amqp_url,
@@ -240,6 +262,11 @@ impl Config {
             )?,
             retry_schedule,
             retry_client_errors: env.boolean("WEBHOOK_RETRY_CLIENT_ERRORS", true)?,
+            max_retry_after: env.seconds(
+                "WEBHOOKD_MAX_RETRY_AFTER",
+                DEFAULT_MAX_RETRY_AFTER.as_secs_f64(),
+                "a positive number of seconds",
+            )?,
             max_consecutive_failures: env.parse(
                 "WEBHOOK_MAX_CONSECUTIVE_FAILURES",
                 50i32,
@@ -313,22 +340,44 @@ impl Config {
                 "a positive number of bytes",
                 |n| *n > 0,
             )?,
-            secret_grace: env.seconds(
-                "WEBHOOKD_SECRET_ROTATION_GRACE",
-                86_400.0,
-                "a positive number of seconds",
-            )?,
             max_event_bytes: env.parse(
                 "WEBHOOKD_MAX_EVENT_BYTES",
                 1usize << 20,
                 "a positive number of bytes",
                 |n| *n > 0,
             )?,
+            secret_grace: env.seconds(
+                "WEBHOOKD_SECRET_ROTATION_GRACE",
+                86_400.0,
+                "a positive number of seconds",
+            )?,
             stall_after: env.seconds(
                 "WEBHOOKD_STALL_AFTER",
                 30.0,
                 "a positive number of seconds",
             )?,
+            api_dependency_timeout: env.seconds(
+                "WEBHOOKD_API_DEPENDENCY_TIMEOUT",
+                5.0,
+                "a positive number of seconds",
+            )?,
+            rate_limits: RateLimitSettings {
+                test_ping: env.rate(
+                    "WEBHOOKD_TEST_PINGS_PER_MINUTE",
+                    "WEBHOOKD_TEST_PINGS_BURST",
+                    defaults.test_ping,
+                )?,
+                redeliver: env.rate(
+                    "WEBHOOKD_REDELIVERIES_PER_MINUTE",
+                    "WEBHOOKD_REDELIVERIES_BURST",
+                    defaults.redeliver,
+                )?,
+                recover: env.rate(
+                    "WEBHOOKD_RECOVERIES_PER_MINUTE",
+                    "WEBHOOKD_RECOVERIES_BURST",
+                    defaults.recover,
+                )?,
+            },
             log_filter: env.parse(
                 "RUST_LOG",
                 "info".to_owned(),
@@ -360,6 +409,7 @@ impl Config {
             catalog: self.catalog.clone(),
             max_webhooks_per_organization: self.max_webhooks_per_organization,
             max_body_bytes: self.max_body_bytes,
+            max_event_bytes: self.max_event_bytes,
             network_policy: self.network_policy.clone(),
             secret_grace: self.secret_grace,
             timeout: self.timeout,
@@ -367,12 +417,15 @@ impl Config {
             batch_size: self.batch_size,
             max_consecutive_failures: self.max_consecutive_failures,
             pool_size: self.pool_size,
+            dependency_timeout: self.api_dependency_timeout,
+            rate_limits: self.rate_limits,
         }
     }
 
     /// The retry policy.
     pub fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy::new(self.retry_schedule.clone(), self.retry_client_errors)
+            .with_max_retry_after(self.max_retry_after)
     }
 
     /// The broker topology.
@@ -447,6 +500,10 @@ mod tests {
         assert_eq!((c.batch_size, c.timeout), (5000, Duration::from_secs(1)));
         assert_eq!(c.retry_policy().max_attempts(), 8);
         assert_eq!(c.max_consecutive_failures, 50);
+        assert_eq!(c.max_retry_after, Duration::from_secs(3600));
+        assert_eq!(c.max_event_bytes, 1_048_576);
+        assert_eq!(c.api_dependency_timeout, Duration::from_secs(5));
+        assert_eq!(c.rate_limits, RateLimitSettings::default());
         assert_eq!(c.topology().work_queue(), "webhookd.work");
     }
 
@@ -457,6 +514,9 @@ mod tests {
             ("WEBHOOK_BATCH_SIZE", "0", "WEBHOOK_BATCH_SIZE=\"0\" is invalid: expected a positive integer"),
             ("WEBHOOK_RETRY_SCHEDULE", "5,soon", "WEBHOOK_RETRY_SCHEDULE=\"5,soon\" is invalid: expected comma-separated waits in seconds, e.g. 5,300,1800"),
             ("WEBHOOK_RETRY_CLIENT_ERRORS", "maybe", "WEBHOOK_RETRY_CLIENT_ERRORS=\"maybe\" is invalid: expected true or false"),
+            ("WEBHOOKD_MAX_RETRY_AFTER", "-1", "WEBHOOKD_MAX_RETRY_AFTER=\"-1\" is invalid: expected a positive number of seconds"),
+            ("WEBHOOKD_TEST_PINGS_PER_MINUTE", "0", "WEBHOOKD_TEST_PINGS_PER_MINUTE=\"0\" is invalid: expected a positive integer"),
+            ("WEBHOOKD_RECOVERIES_BURST", "many", "WEBHOOKD_RECOVERIES_BURST=\"many\" is invalid: expected a positive integer"),
             ("AMQP_URL", "http://u:secret@h", "AMQP_URL=\"http://u:***@h\" is invalid: expected an amqp:// URL (amqps:// is not supported by this build)"),
             ("AMQP_URL", "amqp://h/%2f?frame_max=512", "AMQP_URL=\"amqp://h/%2f?frame_max=512\" is invalid: expected a valid amqp:// URL (frame_max, if set: 0 or at least 4096)"),
             ("AMQP_URL", "amqp://h/%2f?frame_max=16k", "AMQP_URL=\"amqp://h/%2f?frame_max=16k\" is invalid: expected a valid amqp:// URL (frame_max, if set: 0 or at least 4096)"),
@@ -486,8 +546,17 @@ mod tests {
             ("WEBHOOK_TIMEOUT", "0.25"),
             ("WEBHOOK_RETRY_SCHEDULE", "0.2,0.4"),
             ("WEBHOOK_MAX_CONSECUTIVE_FAILURES", "0"),
+            ("WEBHOOKD_MAX_RETRY_AFTER", "2.5"),
+            ("WEBHOOKD_REDELIVERIES_PER_MINUTE", "600"),
+            ("WEBHOOKD_REDELIVERIES_BURST", "100"),
         ])
         .unwrap();
+        assert_eq!(c.rate_limits.redeliver, Rate::new(600, 100));
+        assert_eq!(
+            c.retry_policy().longest_wait(),
+            Duration::from_millis(2500),
+            "the Retry-After maximum sizes the delay ladder"
+        );
         assert_eq!(c.timeout, Duration::from_millis(250));
         assert_eq!(c.retry_policy().max_attempts(), 3);
         assert_eq!(c.max_consecutive_failures, 0);

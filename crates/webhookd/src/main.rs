@@ -80,9 +80,17 @@ struct PublishArgs {
     /// The payload object as JSON, e.g. '{"annotation": {"id": 17}, "task": {"id": 19}}'.
     #[arg(long, default_value = "{}")]
     payload: String,
-    /// Your own event id: publishing the same id again delivers the event once.
-    #[arg(long)]
+    /// Your own event id, 1 to 255 bytes of UTF-8 without control characters: publishing the same id again
+    /// delivers the event once.
+    #[arg(long, value_parser = event_id)]
     id: Option<String>,
+}
+
+/// `--id`, checked against the event contract before anything connects.
+fn event_id(raw: &str) -> Result<String, String> {
+    webhookd_core::event::check_producer_id(raw)
+        .map(|()| raw.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {

@@ -18,6 +18,7 @@ use webhookd_store::{events, webhooks};
 
 use crate::error::ApiError;
 use crate::extract::{JsonBody, Principal};
+use crate::rate_limit::Limited;
 use crate::routes::webhook_test::ping_body;
 use crate::routes::{drf_time, parse_id};
 use crate::state::AppState;
@@ -290,16 +291,23 @@ fn task_for(r: &AttemptRecord, attempt: i32) -> RetryTask {
 
 /// Queues a new attempt of a delivery, through the broker like any retry.
 #[utoipa::path(post, path = "/api/deliveries/{id}/redeliver/", tag = "deliveries",
-    responses((status = 202, body = Object), (status = 400), (status = 404), (status = 503)))]
+    responses((status = 202, body = Object), (status = 400), (status = 404),
+        (status = 429, description = "the organization's redeliveries are over their rate; see Retry-After"),
+        (status = 503)))]
 pub async fn redeliver(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let delivery_id = parse_delivery_id(&id)?;
-    let client = state.pool.get().await?;
-    let attempts =
-        delivery_log::delivery_attempts(&**client, principal.organization, delivery_id).await?;
+    state
+        .rate_limits
+        .check(Limited::Redeliver, principal.organization)?;
+    // The connection goes back to the pool before the broker is waited on.
+    let attempts = {
+        let client = state.pool.get().await?;
+        delivery_log::delivery_attempts(&**client, principal.organization, delivery_id).await?
+    };
     let last = attempts
         .iter()
         .max_by_key(|a| a.attempt)
@@ -327,7 +335,9 @@ pub async fn redeliver(
 /// over a minute overdue; a failed delivery whose retry is still pending is skipped, so it is not sent twice.
 #[utoipa::path(post, path = "/api/webhooks/{id}/recover/", tag = "deliveries",
     request_body(content = Object, description = "{\"since\": \"<RFC 3339 time>\"}"),
-    responses((status = 202, body = Object), (status = 400), (status = 404), (status = 503)))]
+    responses((status = 202, body = Object), (status = 400), (status = 404),
+        (status = 429, description = "the organization's recover requests are over their rate; see Retry-After"),
+        (status = 503)))]
 pub async fn recover(
     State(state): State<AppState>,
     principal: Principal,
@@ -335,6 +345,9 @@ pub async fn recover(
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id = parse_id(&id)?;
+    state
+        .rate_limits
+        .check(Limited::Recover, principal.organization)?;
     let since = match body.get("since") {
         None | Some(Value::Null) => {
             return Err(ApiError::field("since", "This field is required."))
@@ -348,11 +361,14 @@ pub async fn recover(
             ))
         }
     };
-    let client = state.pool.get().await?;
-    webhooks::get_webhook(&**client, principal.organization, id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let failed = delivery_log::unsuccessful_deliveries(&**client, id, since, RECOVER_LIMIT).await?;
+    // The connection goes back to the pool before the broker is waited on.
+    let failed = {
+        let client = state.pool.get().await?;
+        webhooks::get_webhook(&**client, principal.organization, id)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+        delivery_log::unsuccessful_deliveries(&**client, id, since, RECOVER_LIMIT).await?
+    };
     let mut queued = 0;
     for last in failed.iter().filter(|r| r.action != PING) {
         state

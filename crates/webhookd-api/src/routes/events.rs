@@ -10,7 +10,7 @@ use webhookd_store::events::{self, KeyState};
 
 use crate::error::ApiError;
 use crate::extract::{JsonBody, Principal};
-use crate::state::AppState;
+use crate::state::{ApiSettings, AppState};
 
 /// Namespace of event ids derived from idempotency keys.
 const IDEMPOTENCY_NAMESPACE: uuid::Uuid =
@@ -18,6 +18,32 @@ const IDEMPOTENCY_NAMESPACE: uuid::Uuid =
 
 /// The longest `Idempotency-Key` accepted.
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// What a request body may add to the envelope it becomes (whitespace, escapes), on top of
+/// `WEBHOOKD_MAX_EVENT_BYTES`, and still reach the size check.
+const BODY_SLACK: usize = 64 * 1024;
+
+/// The body limit of `POST /api/events/`: room for the largest event and some formatting, and never less
+/// than `WEBHOOKD_MAX_BODY_BYTES`. A body beyond it gets the generic 413.
+pub fn body_limit(settings: &ApiSettings) -> usize {
+    settings
+        .max_event_bytes
+        .saturating_add(BODY_SLACK)
+        .max(settings.max_body_bytes)
+}
+
+/// The envelope of `event` as published under `id`, or a 413 naming the limit if it is larger.
+fn envelope_within_limit(event: &mut Event, id: &str, max: usize) -> Result<String, ApiError> {
+    event.producer_id = Some(id.to_owned());
+    let envelope = event.to_envelope().to_string();
+    if envelope.len() > max {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "The event is {} bytes as published, larger than the {max} bytes allowed (WEBHOOKD_MAX_EVENT_BYTES).",
+            envelope.len()
+        )));
+    }
+    Ok(envelope)
+}
 
 fn event_error(e: EventError) -> ApiError {
     let field = match &e {
@@ -83,18 +109,24 @@ pub async fn ingest(
         .clone()
         .or(derived)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    let client = state.pool.get().await?;
+    let max = state.settings.max_event_bytes;
+    // Checked before the key is claimed, so that a refused event leaves no pending key behind.
+    let mut envelope = envelope_within_limit(&mut event, &id, max)?;
+    // No database connection is held while the broker is waited on: the key is claimed with one, which goes
+    // back to the pool before the publish, and marked published with another.
     if let Some(key) = &key {
+        let client = state.pool.get().await?;
         match events::claim_idempotency_key(&**client, principal.organization, key, &id).await? {
             KeyState::New => {}
-            KeyState::Pending(earlier) => id = earlier,
+            KeyState::Pending(earlier) => {
+                id = earlier;
+                envelope = envelope_within_limit(&mut event, &id, max)?;
+            }
             KeyState::Published(earlier) => {
                 return Ok((StatusCode::ACCEPTED, Json(json!({"id": earlier}))))
             }
         }
     }
-    event.producer_id = Some(id.clone());
-    let envelope = event.to_envelope().to_string();
     if let Err(e) = state
         .broker
         .publish_event(&event.action, envelope.as_bytes(), &id)
@@ -105,6 +137,7 @@ pub async fn ingest(
         )));
     }
     if let Some(key) = &key {
+        let client = state.pool.get().await?;
         events::mark_key_published(&**client, principal.organization, key).await?;
     }
     Ok((StatusCode::ACCEPTED, Json(json!({"id": id}))))

@@ -15,6 +15,7 @@ use webhookd_store::webhooks;
 
 use crate::error::ApiError;
 use crate::extract::Principal;
+use crate::rate_limit::Limited;
 use crate::routes::parse_id;
 use crate::state::AppState;
 
@@ -38,33 +39,43 @@ pub struct TestOutcome {
 
 /// Sends a signed PING to the webhook and reports the outcome.
 #[utoipa::path(post, path = "/api/webhooks/{id}/test/", tag = "webhooks",
-    responses((status = 200, body = TestOutcome), (status = 404)))]
+    responses((status = 200, body = TestOutcome), (status = 404),
+        (status = 429, description = "the organization's test pings are over their rate; see Retry-After"),
+        (status = 503)))]
 pub async fn test(
     State(state): State<AppState>,
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<TestOutcome>, ApiError> {
     let id = parse_id(&id)?;
-    let mut client = state.pool.get().await?;
-    let webhook = webhooks::load_subscription(&**client, principal.organization, id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    state
+        .rate_limits
+        .check(Limited::TestPing, principal.organization)?;
     let event_id = EventId::new();
-    let envelope = json!({"version": 1, "organization": principal.organization, "action": PING,
-        "project": null, "payload": {"webhook": {"id": id}}});
-    events::claim_events(
-        &client,
-        &[NewEvent {
-            id: event_id.0,
-            organization: principal.organization,
-            project: None,
-            action: PING.to_owned(),
-            producer_id: None,
-            body: envelope.to_string(),
-            claim_token: uuid::Uuid::new_v4(),
-        }],
-    )
-    .await?;
+    // The webhook is loaded and the ping's event claimed with one connection, which goes back to the pool
+    // while the receiver is waited on; the log row is written with another.
+    let webhook = {
+        let client = state.pool.get().await?;
+        let webhook = webhooks::load_subscription(&**client, principal.organization, id)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+        let envelope = json!({"version": 1, "organization": principal.organization, "action": PING,
+            "project": null, "payload": {"webhook": {"id": id}}});
+        events::claim_events(
+            &client,
+            &[NewEvent {
+                id: event_id.0,
+                organization: principal.organization,
+                project: None,
+                action: PING.to_owned(),
+                producer_id: None,
+                body: envelope.to_string(),
+                claim_token: uuid::Uuid::new_v4(),
+            }],
+        )
+        .await?;
+        webhook
+    };
     let key = DeliveryKey::new(event_id, id, principal.organization, PING, 0);
     let delivery_id = DeliveryId(key.delivery_id);
     let report = state
@@ -100,6 +111,7 @@ pub async fn test(
         response_excerpt: report.excerpt.clone(),
     };
     let row = AttemptRow::made(key, 1, outcome, report, None);
+    let mut client = state.pool.get().await?;
     delivery_log::write_attempts(
         &mut client,
         uuid::Uuid::now_v7(),

@@ -113,7 +113,13 @@ pub async fn create(
     let new =
         NewWebhook::new(principal.organization, input.project.flatten(), "").with(input.fields);
     check_actions_fit_project(new.project, &new.actions, catalog)?;
-    check_url_reachable(&new.url, &state.settings.network_policy).await?;
+    let settings = &state.settings;
+    check_url_reachable(
+        &new.url,
+        &settings.network_policy,
+        settings.dependency_timeout,
+    )
+    .await?;
     let mut client = state.pool.get().await?;
     let record = webhooks::create_webhook_limited(
         &mut client,
@@ -177,10 +183,13 @@ async fn update(
 ) -> Result<Json<Webhook>, ApiError> {
     let id = parse_id(&id)?;
     let catalog = &state.settings.catalog;
-    let mut client = state.pool.get().await?;
-    let existing = webhooks::get_webhook(&**client, principal.organization, id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    // The connection goes back to the pool while the new URL's host is resolved.
+    let existing = {
+        let client = state.pool.get().await?;
+        webhooks::get_webhook(&**client, principal.organization, id)
+            .await?
+            .ok_or(ApiError::NotFound)?
+    };
     let mut changes = parse_webhook(&body, catalog)?.fields;
     if replace {
         if changes.url.is_none() {
@@ -194,8 +203,10 @@ async fn update(
     let actions = changes.actions.as_deref().unwrap_or(&existing.actions);
     check_actions_fit_project(existing.project, actions, catalog)?;
     if let Some(url) = changes.url.as_deref().filter(|u| *u != existing.url) {
-        check_url_reachable(url, &state.settings.network_policy).await?;
+        let settings = &state.settings;
+        check_url_reachable(url, &settings.network_policy, settings.dependency_timeout).await?;
     }
+    let mut client = state.pool.get().await?;
     let record = webhooks::update_webhook(&mut client, principal.organization, id, &changes)
         .await?
         .ok_or(ApiError::NotFound)?;
