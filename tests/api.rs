@@ -43,6 +43,9 @@ async fn webhooks_are_created_read_updated_and_deleted_as_in_label_studio() {
             "headers",
             "is_active",
             "consecutive_failures",
+            "failing_since",
+            "disabled_reason",
+            "disabled_at",
             "actions",
             "created_at",
             "updated_at"

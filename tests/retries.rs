@@ -633,13 +633,26 @@ async fn the_retries_of_one_event_to_several_webhooks_each_get_their_own_body() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_write_made_again_after_a_lost_reply_counts_once() {
     use webhookd_core::endpoint_health::HealthSignal;
-    use webhookd_store::delivery_log::{write_attempts, AttemptRow, DeliveryKey, Outcome};
+    use webhookd_store::delivery_log::{
+        write_attempts, AttemptRow, DeliveryKey, DisableRule, Outcome,
+    };
+    let rule = DisableRule {
+        max_consecutive_failures: 50,
+        disable_after: Duration::ZERO,
+    };
     let env = TestEnv::new(|_| {}).await;
     let (id, _) = env
         .webhook(NewWebhook::new(1, None, "http://127.0.0.1:9/h"))
         .await;
     let row = AttemptRow {
-        key: DeliveryKey::new(webhookd_core::EventId::new(), id, 1, "PROJECT_DELETED", 0),
+        key: DeliveryKey::new(
+            webhookd_core::EventId::new(),
+            id,
+            1,
+            "PROJECT_DELETED",
+            0,
+            None,
+        ),
         attempt: 1,
         outcome: Outcome::Failed,
         http_status: Some(500),
@@ -652,7 +665,7 @@ async fn a_log_write_made_again_after_a_lost_reply_counts_once() {
     let mut client = env.pool.get().await.unwrap();
     let write = uuid::Uuid::now_v7();
     for _ in 0..2 {
-        write_attempts(&mut client, write, &[&row], &[], 50)
+        write_attempts(&mut client, write, &[&row], &[], rule)
             .await
             .unwrap();
     }
@@ -672,7 +685,7 @@ async fn a_log_write_made_again_after_a_lost_reply_counts_once() {
         (1, 1),
         "the second write of the same id changed nothing"
     );
-    write_attempts(&mut client, uuid::Uuid::now_v7(), &[&row], &[], 50)
+    write_attempts(&mut client, uuid::Uuid::now_v7(), &[&row], &[], rule)
         .await
         .unwrap();
     assert_eq!(counted().await, (2, 2), "another write counts");

@@ -93,6 +93,10 @@ impl TestEnv {
             ),
             max_event_bytes: 1 << 20,
             stall_after: Duration::from_secs(30),
+            // Count only, as before the time rule; tests of the time rule set it.
+            disable_after: Duration::ZERO,
+            retention: Default::default(),
+            replay_rate: 200.0,
         };
         tweak(&mut settings);
         settings.topology = Topology::new(

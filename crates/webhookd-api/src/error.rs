@@ -26,6 +26,9 @@ pub enum ApiError {
     /// 404: absent, or another organization's (never 403, which would reveal that it exists).
     #[error("not found")]
     NotFound,
+    /// 409: the request conflicts with what is under way.
+    #[error("{0}")]
+    Conflict(String),
     /// 413.
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -96,6 +99,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m, json!({})),
             ApiError::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m.to_owned(), json!({})),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "Not found.".to_owned(), json!({})),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, m, json!({})),
             ApiError::PayloadTooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, m, json!({})),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m, json!({})),
             ApiError::RateLimited { detail, .. } => {

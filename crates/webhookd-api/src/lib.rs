@@ -25,7 +25,7 @@ use webhookd_store::{database, migrate, StoreError};
 pub use state::{ApiSettings, AppState};
 
 use crate::extract::BodyLimit;
-use crate::routes::{deliveries, events, info, secrets, webhook_test, webhooks};
+use crate::routes::{deliveries, events, info, replays, secrets, webhook_test, webhooks};
 
 /// Why the API could not start.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +110,13 @@ pub fn router(state: AppState) -> Router {
         r,
         "/api/webhooks/{id}/secret/rotate/",
         post(secrets::rotate),
+    );
+    r = route(r, "/api/webhooks/{id}/replay/", post(replays::create));
+    r = route(r, "/api/webhooks/{id}/replays/", get(replays::list));
+    r = route(
+        r,
+        "/api/replays/{id}/",
+        get(replays::get).delete(replays::cancel),
     );
     r = route(r, "/api/deliveries/{id}/", get(deliveries::detail));
     r = route(

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{deliveries, events, info, secrets, webhook_test, webhooks};
+use crate::routes::{deliveries, events, info, replays, secrets, webhook_test, webhooks};
 
 /// webhookd's management API.
 #[derive(OpenApi)]
@@ -13,10 +13,11 @@ use crate::routes::{deliveries, events, info, secrets, webhook_test, webhooks};
     paths(
         webhooks::list, webhooks::create, webhooks::get, webhooks::patch, webhooks::put, webhooks::delete,
         info::info, deliveries::list, deliveries::detail, deliveries::redeliver, deliveries::recover,
-        webhook_test::test, secrets::get, secrets::rotate, events::ingest,
+        webhook_test::test, secrets::get, secrets::rotate, events::ingest, replays::create, replays::get,
+        replays::cancel, replays::list,
     ),
     components(schemas(webhooks::Webhook, webhooks::WebhookWrite, deliveries::Attempt, deliveries::AttemptPage,
-        webhook_test::TestOutcome, secrets::Secret)),
+        webhook_test::TestOutcome, secrets::Secret, replays::Replay)),
     modifiers(&TokenAuth),
     security(("token" = [])),
 )]

@@ -27,6 +27,8 @@ pub struct ApiSettings {
     pub catalog: Arc<Catalog>,
     /// `WEBHOOK_MAX_PER_ORGANIZATION`.
     pub max_webhooks_per_organization: i64,
+    /// How long an `Idempotency-Key` is remembered (`WEBHOOKD_IDEMPOTENCY_KEY_HOURS`).
+    pub idempotency_key_ttl: Duration,
     /// `WEBHOOKD_MAX_BODY_BYTES`.
     pub max_body_bytes: usize,
     /// `WEBHOOKD_MAX_EVENT_BYTES`: the largest envelope `POST /api/events/` publishes.
@@ -41,8 +43,6 @@ pub struct ApiSettings {
     pub response_excerpt_bytes: usize,
     /// Instances per POST, to show a delivery's body.
     pub batch_size: usize,
-    /// Auto-disable threshold applied to test pings too.
-    pub max_consecutive_failures: i32,
     /// Database connections.
     pub pool_size: usize,
     /// The longest a request waits on each dependency step (`WEBHOOKD_API_DEPENDENCY_TIMEOUT`): a free

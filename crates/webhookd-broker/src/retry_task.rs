@@ -17,6 +17,9 @@ pub struct RetryTask {
     pub attempt: u32,
     /// When the attempt is due, in Unix milliseconds.
     pub due_at_ms: i64,
+    /// The replay that made the delivery, if a replay did (its delivery ids derive from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<Uuid>,
 }
 
 impl RetryTask {
@@ -63,6 +66,7 @@ mod tests {
             chunk: 0,
             attempt,
             due_at_ms: 1_700_000_000_000,
+            replay: None,
         }
     }
 

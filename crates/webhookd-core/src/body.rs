@@ -61,6 +61,17 @@ impl Serialize for Body<'_> {
     }
 }
 
+/// How many POSTs (chunks) `event` takes: its instance list cut into batches of `batch_size` for a `many`
+/// action, else one. The same count as [`build`] makes, without building anything.
+pub fn chunk_count(event: &Event, spec: &ActionSpec, batch_size: usize) -> usize {
+    match event.payload.get(spec.key.as_str()) {
+        Some(Value::Array(items)) if spec.many && !items.is_empty() => {
+            items.len().div_ceil(batch_size.max(1))
+        }
+        _ => 1,
+    }
+}
+
 /// Builds the bodies Label Studio would send for `event`, in its key order: `action`, the action's key,
 /// `project`, then the nested fields. A `many` action's list is cut into batches of `batch_size`, one POST
 /// each; nested lists of the same length are cut alongside. An empty list is left out, as Label Studio does.
@@ -200,6 +211,16 @@ mod tests {
             100,
         );
         assert_eq!(b.chunks.len(), 3);
+        let catalog = Catalog::builtin();
+        let e = Event::from_value(
+            json!({"version": 1, "organization": 1, "action": "TASKS_CREATED", "project": {"id": 2},
+                "payload": {"tasks": (0..250).map(|i| json!({"id": i})).collect::<Vec<_>>()}}),
+            &catalog,
+        )
+        .unwrap();
+        let spec = catalog.get("TASKS_CREATED").unwrap();
+        assert_eq!(chunk_count(&e, spec, 100), 3, "as many as build makes");
+        assert_eq!(chunk_count(&e, spec, 5000), 1);
         let sizes: Vec<usize> = parsed
             .iter()
             .map(|p| p["tasks"].as_array().unwrap().len())

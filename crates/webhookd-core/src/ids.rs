@@ -50,6 +50,28 @@ impl DeliveryId {
     }
 }
 
+impl DeliveryId {
+    /// The delivery of batch `chunk` of `event` to webhook `webhook` made by replay `replay`: a new delivery,
+    /// apart from the event's first one (and from another replay's), with its own `webhook-id`; deterministic,
+    /// so that a replay task sent twice is one delivery to the receiver.
+    pub fn for_replay(event: EventId, webhook: i64, chunk: u32, replay: Uuid) -> Self {
+        let mut name = [0u8; 44];
+        name[..16].copy_from_slice(event.0.as_bytes());
+        name[16..24].copy_from_slice(&webhook.to_be_bytes());
+        name[24..28].copy_from_slice(&chunk.to_be_bytes());
+        name[28..].copy_from_slice(replay.as_bytes());
+        Self(Uuid::new_v5(&DELIVERY_NAMESPACE, &name))
+    }
+
+    /// The delivery of `chunk` of `event` to `webhook`: the event's own, or a replay's.
+    pub fn of(event: EventId, webhook: i64, chunk: u32, replay: Option<Uuid>) -> Self {
+        match replay {
+            Some(replay) => Self::for_replay(event, webhook, chunk, replay),
+            None => Self::derive(event, webhook, chunk),
+        }
+    }
+}
+
 impl std::fmt::Display for EventId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)
@@ -79,6 +101,19 @@ mod tests {
         assert_eq!(DeliveryId::derive(e, 1, 0), DeliveryId::derive(e, 1, 0));
         assert_ne!(DeliveryId::derive(e, 1, 0), DeliveryId::derive(e, 2, 0));
         assert_ne!(DeliveryId::derive(e, 1, 0), DeliveryId::derive(e, 1, 1));
+        let replay = Uuid::now_v7();
+        assert_eq!(
+            DeliveryId::for_replay(e, 1, 0, replay),
+            DeliveryId::of(e, 1, 0, Some(replay))
+        );
+        assert_ne!(
+            DeliveryId::for_replay(e, 1, 0, replay),
+            DeliveryId::derive(e, 1, 0)
+        );
+        assert_ne!(
+            DeliveryId::for_replay(e, 1, 0, replay),
+            DeliveryId::for_replay(e, 1, 0, Uuid::now_v7())
+        );
         let shown = DeliveryId::derive(e, 1, 0).to_string();
         assert!(shown.starts_with("msg_") && !shown.contains('.') && shown.len() == 36);
     }

@@ -195,6 +195,32 @@ pub static RETRY_TASKS_PARKED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Retention runs, by result: `done`, `skipped` (another process holds the lock), `failed`.
+pub static RETENTION_RUNS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "webhookd_retention_runs_total",
+        "Retention runs, by result (done, skipped: another process ran it, failed).",
+        &["result"],
+    )
+});
+
+/// What retention removed, by kind: `partitions`, `events`, `idempotency_keys`, `default_rows`.
+pub static RETENTION_REMOVED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "webhookd_retention_removed_total",
+        "What retention removed: delivery-log partitions, events, idempotency keys, rows of the default partition.",
+        &["what"],
+    )
+});
+
+/// When this process last completed a retention run (Unix seconds; 0: never).
+pub static RETENTION_LAST_RUN: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "webhookd_retention_last_run_timestamp_seconds",
+        "When this process last completed a retention run, in Unix seconds (0: never).",
+    )
+});
+
 /// Events a delivery-log write stored again because they were missing (lost in a database crash).
 pub static EVENTS_RESTORED: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
@@ -252,6 +278,13 @@ pub fn render() -> String {
     for r in ["confirmed", "failed"] {
         PUBLISHES.with_label_values(&[r]).inc_by(0);
     }
+    for r in ["done", "skipped", "failed"] {
+        RETENTION_RUNS.with_label_values(&[r]).inc_by(0);
+    }
+    for w in ["partitions", "events", "idempotency_keys", "default_rows"] {
+        RETENTION_REMOVED.with_label_values(&[w]).inc_by(0);
+    }
+    RETENTION_LAST_RUN.add(0);
     for r in ["fair_share", "webhook_cap"] {
         RETRY_TASKS_PARKED.with_label_values(&[r]).inc_by(0);
     }

@@ -46,24 +46,29 @@ pub struct DeliveryKey {
     pub action: String,
     /// The chunk of the event's instance list.
     pub chunk: i32,
+    /// The replay that made the delivery, if one did.
+    pub replay_id: Option<Uuid>,
 }
 
 impl DeliveryKey {
-    /// The key of chunk `chunk` of `event_id` to `webhook_id`, whose delivery id is derived from them.
+    /// The key of chunk `chunk` of `event_id` to `webhook_id` (made by `replay`, if a replay made it), whose
+    /// delivery id is derived from them.
     pub fn new(
         event_id: EventId,
         webhook_id: i64,
         organization: i64,
         action: &str,
         chunk: u32,
+        replay: Option<Uuid>,
     ) -> Self {
         Self {
-            delivery_id: DeliveryId::derive(event_id, webhook_id, chunk).0,
+            delivery_id: DeliveryId::of(event_id, webhook_id, chunk, replay).0,
             event_id: event_id.0,
             webhook_id,
             organization,
             action: action.to_owned(),
             chunk: chunk as i32,
+            replay_id: replay,
         }
     }
 }
@@ -146,13 +151,34 @@ impl AttemptRow {
     }
 }
 
-/// Webhooks turned off by a batch: after a 410, or after too many consecutive failures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Webhooks turned off by a batch: after a 410, or after failing long enough.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disabled {
     /// The webhook.
     pub webhook_id: i64,
     /// Its consecutive failures after the batch.
     pub consecutive_failures: i32,
+    /// Why, as the API shows it.
+    pub reason: String,
+}
+
+/// When failures turn a webhook off: after at least `max_consecutive_failures` failed attempts in a row
+/// (`WEBHOOK_MAX_CONSECUTIVE_FAILURES`, ≤ 0: never) that span at least `disable_after` with no success in between
+/// (`WEBHOOK_DISABLE_AFTER`). A 410 Gone turns it off at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DisableRule {
+    /// Failed attempts in a row needed.
+    pub max_consecutive_failures: i32,
+    /// How long the failures must have lasted.
+    pub disable_after: std::time::Duration,
+}
+
+impl DisableRule {
+    /// Never turn a webhook off for its failures (a 410 still does).
+    pub const NEVER: Self = Self {
+        max_consecutive_failures: 0,
+        disable_after: std::time::Duration::ZERO,
+    };
 }
 
 /// What a log write did besides storing its rows.
@@ -164,10 +190,9 @@ pub struct LogWritten {
     pub restored: Vec<Uuid>,
 }
 
-/// Writes `rows` and updates the webhooks' `consecutive_failures` (turning off those that reach
-/// `max_consecutive_failures` when it is positive, and those that answered 410) in one synchronous
-/// transaction, once per `write_id`: the same write made again (its first commit's reply was lost) changes
-/// nothing.
+/// Writes `rows` and updates the webhooks' `consecutive_failures` and `failing_since` (turning off those that
+/// meet `rule`, and those that answered 410, with the reason and time) in one synchronous transaction, once per
+/// `write_id`: the same write made again (its first commit's reply was lost) changes nothing.
 ///
 /// `keep` are the events the rows, and the retry tasks that follow them, rely on. Their claims may have been
 /// committed without waiting for the WAL flush, and a database crash can lose such a commit after the claim's
@@ -178,7 +203,7 @@ pub async fn write_attempts(
     write_id: Uuid,
     rows: &[&AttemptRow],
     keep: &[&NewEvent],
-    max_consecutive_failures: i32,
+    rule: DisableRule,
 ) -> Result<LogWritten, StoreError> {
     let tx = client.transaction().await?;
     // Always a write, so the commit is a synchronous one even without rows.
@@ -212,6 +237,7 @@ pub async fn write_attempts(
     let orgs: Vec<i64> = rows.iter().map(|r| r.key.organization).collect();
     let actions: Vec<&str> = rows.iter().map(|r| r.key.action.as_str()).collect();
     let chunks: Vec<i32> = rows.iter().map(|r| r.key.chunk).collect();
+    let replays: Vec<Option<Uuid>> = rows.iter().map(|r| r.key.replay_id).collect();
     let attempts: Vec<i32> = rows.iter().map(|r| r.attempt).collect();
     let outcomes: Vec<&str> = rows.iter().map(|r| r.outcome.as_str()).collect();
     let statuses: Vec<Option<i16>> = rows.iter().map(|r| r.http_status).collect();
@@ -222,9 +248,10 @@ pub async fn write_attempts(
     let insert = tx
         .prepare_cached(
             "INSERT INTO delivery_attempts (delivery_id, event_id, webhook_id, organization, action, chunk,
-                 attempt, outcome, http_status, duration_ms, error, response_excerpt, next_attempt_at)
+                 attempt, outcome, http_status, duration_ms, error, response_excerpt, next_attempt_at, replay_id)
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::int8[], $5::text[], $6::int4[],
-                 $7::int4[], $8::text[], $9::int2[], $10::int4[], $11::text[], $12::text[], $13::timestamptz[])",
+                 $7::int4[], $8::text[], $9::int2[], $10::int4[], $11::text[], $12::text[], $13::timestamptz[],
+                 $14::uuid[])",
         )
         .await?;
     tx.execute(
@@ -243,6 +270,7 @@ pub async fn write_attempts(
             &errors,
             &excerpts,
             &next,
+            &replays,
         ],
     )
     .await?;
@@ -261,33 +289,50 @@ pub async fn write_attempts(
                 "WITH u AS (
                      SELECT * FROM unnest($1::int8[], $2::bool[], $3::int4[], $4::bool[])
                               AS u(id, reset, failures, gone)
-                 ), n AS (
-                     SELECT u.*, CASE WHEN u.reset THEN u.failures
-                                      ELSE w.consecutive_failures + u.failures END AS counter,
-                            w.is_active AS was_active
+                 ), counted AS (
+                     SELECT u.*, w.is_active AS was_active,
+                            CASE WHEN u.reset THEN u.failures
+                                 ELSE w.consecutive_failures + u.failures END AS counter,
+                            -- When the current run of failures began: failures after the batch's last success
+                            -- begin a new one now.
+                            CASE WHEN u.failures = 0 THEN NULL
+                                 WHEN u.reset THEN now()
+                                 ELSE coalesce(w.failing_since, now()) END AS since
                        FROM u JOIN webhooks w ON w.id = u.id
                       WHERE u.failures > 0 OR u.gone OR w.consecutive_failures <> 0
+                         OR w.failing_since IS NOT NULL
+                 ), n AS (
+                     SELECT counted.*,
+                            was_active AND (gone OR ($5::int4 > 0 AND counter >= $5
+                                AND since <= now() - make_interval(secs => $6::float8))) AS turned_off
+                       FROM counted
                  )
                  UPDATE webhooks w
                     SET consecutive_failures = n.counter,
-                        is_active = w.is_active AND NOT n.gone AND NOT ($5::int4 > 0 AND n.counter >= $5)
+                        failing_since = n.since,
+                        is_active = w.is_active AND NOT n.turned_off,
+                        disabled_reason = CASE WHEN NOT n.turned_off THEN w.disabled_reason
+                            WHEN n.gone THEN 'the receiver answered 410 Gone'
+                            ELSE format('%s failed attempts in a row since %s, with no success in between',
+                                        n.counter, to_char(n.since AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'))
+                            END,
+                        disabled_at = CASE WHEN n.turned_off THEN now() ELSE w.disabled_at END
                    FROM n
                   WHERE w.id = n.id
-              RETURNING w.id, w.consecutive_failures, w.is_active, n.was_active",
+              RETURNING w.id, w.consecutive_failures, n.turned_off, w.disabled_reason",
             )
             .await?;
+        let max = rule.max_consecutive_failures;
+        let after = rule.disable_after.as_secs_f64();
         let updated = tx
-            .query(
-                &update,
-                &[&ids, &resets, &failures, &gones, &max_consecutive_failures],
-            )
+            .query(&update, &[&ids, &resets, &failures, &gones, &max, &after])
             .await?;
         for row in updated {
-            let (is_active, was_active): (bool, bool) = (row.try_get(2)?, row.try_get(3)?);
-            if was_active && !is_active {
+            if row.try_get::<_, bool>(2)? {
                 written.disabled.push(Disabled {
                     webhook_id: row.try_get(0)?,
                     consecutive_failures: row.try_get(1)?,
+                    reason: row.try_get::<_, Option<String>>(3)?.unwrap_or_default(),
                 });
             }
         }
@@ -341,11 +386,13 @@ pub struct AttemptRecord {
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// When the attempt was logged.
     pub created_at: DateTime<Utc>,
+    /// The replay that made the delivery, if one did.
+    pub replay_id: Option<Uuid>,
 }
 
 const ATTEMPT_COLUMNS: &str =
     "id, delivery_id, event_id, webhook_id, organization, action, chunk, attempt,
-    outcome, http_status, duration_ms, error, response_excerpt, next_attempt_at, created_at";
+    outcome, http_status, duration_ms, error, response_excerpt, next_attempt_at, created_at, replay_id";
 
 fn attempt_from_row(r: &tokio_postgres::Row) -> Result<AttemptRecord, StoreError> {
     Ok(AttemptRecord {
@@ -364,6 +411,7 @@ fn attempt_from_row(r: &tokio_postgres::Row) -> Result<AttemptRecord, StoreError
         response_excerpt: r.try_get(12)?,
         next_attempt_at: r.try_get(13)?,
         created_at: r.try_get(14)?,
+        replay_id: r.try_get(15)?,
     })
 }
 

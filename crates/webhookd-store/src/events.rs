@@ -111,7 +111,8 @@ pub async fn claim_events<E: Borrow<NewEvent>>(
 }
 
 /// Inserts the events that are not stored yet (by id or by producer id); returns the claim tokens of those
-/// inserted. Prepared once per connection: a claim is on the way to the receiver, and an unprepared statement
+/// inserted. Each row's `created_at` is the time it is inserted, in the order of `events`, so that the order
+/// events were stored in (a replay's order) follows the order they were claimed in, within a batch too. Prepared once per connection: a claim is on the way to the receiver, and an unprepared statement
 /// costs a round trip and a parse of its own.
 pub async fn insert_events(
     client: &impl PooledClient,
@@ -127,10 +128,12 @@ pub async fn insert_events(
     // Copies of one event in the same batch share an id: only one row, and so one token, comes back.
     let insert = client
         .prepare_cached(
-            "INSERT INTO events (id, organization, project, action, producer_id, body, claim_token)
-             SELECT u.id, u.organization, u.project, u.action, u.producer_id, u.body::json, u.claim_token
+            "INSERT INTO events (id, organization, project, action, producer_id, body, claim_token, created_at)
+             SELECT u.id, u.organization, u.project, u.action, u.producer_id, u.body::json, u.claim_token,
+                    clock_timestamp()
                FROM unnest($1::uuid[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::text[], $7::uuid[])
-                    AS u(id, organization, project, action, producer_id, body, claim_token)
+                    WITH ORDINALITY AS u(id, organization, project, action, producer_id, body, claim_token, n)
+              ORDER BY u.n
              ON CONFLICT DO NOTHING
              RETURNING claim_token",
         )
@@ -162,20 +165,26 @@ pub enum KeyState {
     Published(String),
 }
 
-/// Records `key` for `organization` as publishing `event_id`, or reports what it did before.
+/// Records `key` for `organization` as publishing `event_id`, or reports what it did before. A key older than
+/// `ttl` (`WEBHOOKD_IDEMPOTENCY_KEY_HOURS`) counts as new, whether retention has deleted it yet or not.
 pub async fn claim_idempotency_key(
     client: &impl GenericClient,
     organization: i64,
     key: &str,
     event_id: &str,
+    ttl: std::time::Duration,
 ) -> Result<KeyState, StoreError> {
-    let inserted = client
-        .execute(
-            "INSERT INTO idempotency_keys (organization, key, event_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            &[&organization, &key, &event_id],
+    let claimed = client
+        .query_opt(
+            "INSERT INTO idempotency_keys (organization, key, event_id) VALUES ($1, $2, $3)
+             ON CONFLICT (organization, key) DO UPDATE
+                SET event_id = EXCLUDED.event_id, published = false, created_at = now()
+              WHERE idempotency_keys.created_at < now() - make_interval(secs => $4)
+             RETURNING 1",
+            &[&organization, &key, &event_id, &ttl.as_secs_f64()],
         )
         .await?;
-    if inserted == 1 {
+    if claimed.is_some() {
         return Ok(KeyState::New);
     }
     let row = client
@@ -184,7 +193,7 @@ pub async fn claim_idempotency_key(
             &[&organization, &key],
         )
         .await?;
-    let (id, published): (String, bool) = (row.get(0), row.get(1));
+    let (id, published): (String, bool) = (row.try_get(0)?, row.try_get(1)?);
     Ok(if published {
         KeyState::Published(id)
     } else {

@@ -7,8 +7,10 @@ mod error;
 pub mod events;
 pub mod listener;
 pub mod migrate;
+pub mod replays;
+pub mod retention;
 pub mod webhooks;
 
-pub use deadpool_postgres::{Pool, PoolError};
+pub use deadpool_postgres::{Client as PooledClient, Pool, PoolError};
 
 pub use error::{ErrorClass, StoreError};

@@ -7,11 +7,9 @@ mod embedded {
     refinery::embed_migrations!("../../migrations");
 }
 
-/// How many days of delivery-log partitions exist ahead of today.
-pub const PARTITION_DAYS_AHEAD: i32 = 7;
-
-/// Creates the database if needed, applies pending migrations and the log partitions. Idempotent; an
-/// advisory lock makes concurrent start-ups wait for each other instead of racing.
+/// Creates the database if needed and applies pending migrations. Idempotent; an advisory lock makes
+/// concurrent start-ups wait for each other instead of racing. (The delivery log's partitions are the
+/// worker's: `retention::ensure_partitions`, with the span it is configured with.)
 pub async fn migrate(url: &str) -> Result<usize, StoreError> {
     ensure_database(url).await?;
     let mut client = connect_one(&parse_url(url)?).await?;
@@ -24,21 +22,9 @@ pub async fn migrate(url: &str) -> Result<usize, StoreError> {
         .await;
     let report = report.map_err(|e| StoreError::Migration(e.to_string()))?;
     unlock?;
-    ensure_log_partitions(&client).await?;
     let applied = report.applied_migrations().len();
     if applied > 0 {
         tracing::info!(applied, "database migrated");
     }
     Ok(applied)
-}
-
-/// Makes sure the delivery log has partitions for today and the next days.
-pub async fn ensure_log_partitions(client: &tokio_postgres::Client) -> Result<(), StoreError> {
-    client
-        .execute(
-            "SELECT webhookd_ensure_log_partitions($1)",
-            &[&PARTITION_DAYS_AHEAD],
-        )
-        .await?;
-    Ok(())
 }

@@ -218,6 +218,12 @@ pub struct WebhookRecord {
     pub is_active: bool,
     /// Failed attempts in a row.
     pub consecutive_failures: i32,
+    /// When the current run of failures began (`None` after a success).
+    pub failing_since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Why webhookd turned the webhook off, while it is off because of it.
+    pub disabled_reason: Option<String>,
+    /// When webhookd turned it off.
+    pub disabled_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Listed actions, sorted.
     pub actions: Vec<String>,
     /// Creation time.
@@ -228,7 +234,8 @@ pub struct WebhookRecord {
 
 const SELECT_RECORDS: &str = "
     SELECT w.id, w.organization, w.project, w.url, w.send_payload, w.send_for_all_actions, w.headers,
-           w.is_active, w.consecutive_failures, w.created_at, w.updated_at,
+           w.is_active, w.consecutive_failures, w.failing_since, w.disabled_reason, w.disabled_at,
+           w.created_at, w.updated_at,
            ARRAY(SELECT a.action FROM webhook_actions a WHERE a.webhook_id = w.id ORDER BY a.action) AS actions
       FROM webhooks w";
 
@@ -247,6 +254,9 @@ fn record_from_row(row: &Row) -> Result<WebhookRecord, StoreError> {
         headers,
         is_active: row.try_get("is_active")?,
         consecutive_failures: row.try_get("consecutive_failures")?,
+        failing_since: row.try_get("failing_since")?,
+        disabled_reason: row.try_get("disabled_reason")?,
+        disabled_at: row.try_get("disabled_at")?,
         actions: row.try_get("actions")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
@@ -408,7 +418,8 @@ pub struct WebhookChanges {
 }
 
 /// Applies `changes`; as in Label Studio's newest code, re-activating a webhook or changing its URL or
-/// headers resets `consecutive_failures`. `None` if the webhook is not the organization's.
+/// headers resets `consecutive_failures` (and `failing_since`); re-activating it also clears why and when
+/// webhookd turned it off. `None` if the webhook is not the organization's.
 pub async fn update_webhook(
     client: &mut tokio_postgres::Client,
     organization: i64,
@@ -425,6 +436,13 @@ pub async fn update_webhook(
                        OR ($3::text IS NOT NULL AND $3 <> url)
                        OR ($6::jsonb IS NOT NULL AND $6 <> headers) THEN 0
                      ELSE consecutive_failures END,
+                 failing_since = CASE
+                     WHEN ($7::bool IS TRUE AND NOT is_active)
+                       OR ($3::text IS NOT NULL AND $3 <> url)
+                       OR ($6::jsonb IS NOT NULL AND $6 <> headers) THEN NULL
+                     ELSE failing_since END,
+                 disabled_reason = CASE WHEN $7::bool IS TRUE THEN NULL ELSE disabled_reason END,
+                 disabled_at = CASE WHEN $7::bool IS TRUE THEN NULL ELSE disabled_at END,
                  url = COALESCE($3, url),
                  send_payload = COALESCE($4, send_payload),
                  send_for_all_actions = COALESCE($5, send_for_all_actions),

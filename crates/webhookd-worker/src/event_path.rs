@@ -1,5 +1,5 @@
-//! The path of one event message, top to bottom: parse (or dead-letter) → claim (or dead-letter an event the
-//! database refuses to store) → fan out (slow lane split, inline attempts) → commit attempts → settle. The message is acknowledged only after its log rows are
+//! The path of one event message, top to bottom: parse (or dead-letter) → claim (every event is stored; one the
+//! database refuses is dead-lettered) → fan out (slow lane split, inline attempts) → commit attempts → settle. The message is acknowledged only after its log rows are
 //! committed and its retry tasks confirmed by the broker; anything less and it is redelivered.
 
 use std::sync::Arc;
@@ -70,7 +70,16 @@ async fn deliver_event(
         subscribers,
         stored,
     } = match claim(ctx, message, &parsed).await? {
-        ClaimOutcome::NoSubscribers => return Ok(Consumed::NoSubscribers),
+        ClaimOutcome::NoSubscribers(stored) => {
+            // Nothing to send, but the event is kept (for replays) as durably as any other.
+            let commit = Commit {
+                made: Vec::new(),
+                passed_on: Vec::new(),
+                claimed: Some(stored),
+            };
+            commit_attempts(ctx, outbox, message, commit).await?;
+            return Ok(Consumed::NoSubscribers);
+        }
         ClaimOutcome::AlreadyDelivered => return Ok(Consumed::Duplicate),
         ClaimOutcome::Unstorable(reason) => {
             let topology = &ctx.settings.topology;

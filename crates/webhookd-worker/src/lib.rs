@@ -15,6 +15,7 @@ mod claim_writer;
 mod context;
 mod event_path;
 mod log_writer;
+mod replay_runner;
 mod retry_lane;
 mod retry_path;
 mod retry_scheduler;

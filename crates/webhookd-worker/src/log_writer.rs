@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use uuid::Uuid;
-use webhookd_store::delivery_log::{self, AttemptRow, LogWritten};
+use webhookd_store::delivery_log::{self, AttemptRow, DisableRule, LogWritten};
 use webhookd_store::events::NewEvent;
 use webhookd_store::{Pool, StoreError};
 
@@ -21,16 +21,13 @@ pub(crate) struct LogRequest {
 /// Writes delivery-log rows in batches, with the webhooks' failure counters.
 pub(crate) struct LogWriter {
     pool: Pool,
-    max_consecutive_failures: i32,
+    rule: DisableRule,
 }
 
 impl LogWriter {
-    /// A writer on `pool` that turns a webhook off after `max_consecutive_failures` (≤ 0: never).
-    pub(crate) fn new(pool: Pool, max_consecutive_failures: i32) -> Self {
-        Self {
-            pool,
-            max_consecutive_failures,
-        }
+    /// A writer on `pool` that turns webhooks off by `rule`.
+    pub(crate) fn new(pool: Pool, rule: DisableRule) -> Self {
+        Self { pool, rule }
     }
 }
 
@@ -47,8 +44,7 @@ impl Flush for LogWriter {
         let written = record_db_health(
             async {
                 let mut client = self.pool.get().await?;
-                let max = self.max_consecutive_failures;
-                delivery_log::write_attempts(&mut client, write_id, &rows, &keep, max).await
+                delivery_log::write_attempts(&mut client, write_id, &rows, &keep, self.rule).await
             }
             .await,
         )?;
@@ -69,7 +65,8 @@ fn report(written: &LogWritten) {
         tracing::warn!(
             webhook_id = d.webhook_id,
             consecutive_failures = d.consecutive_failures,
-            "webhook turned off (410 Gone or too many consecutive failures)"
+            reason = %d.reason,
+            "webhook turned off"
         );
     }
     if !written.restored.is_empty() {
@@ -100,7 +97,7 @@ mod tests {
             excerpt: Some(excerpt.to_owned()),
             duration: std::time::Duration::from_millis(2),
         };
-        let key = DeliveryKey::new(EventId::new(), 1, 1, "PROJECT_DELETED", 0);
+        let key = DeliveryKey::new(EventId::new(), 1, 1, "PROJECT_DELETED", 0, None);
         AttemptRow::made(key, 1, Outcome::Succeeded, report, None)
     }
 
@@ -117,7 +114,7 @@ mod tests {
         let condition = "NEW.response_excerpt LIKE '%poison%'";
         db.execute(&refusing_trigger("delivery_attempts", condition, "22021"))
             .await;
-        let writer = LogWriter::new(db.pool.clone(), 50);
+        let writer = LogWriter::new(db.pool.clone(), DisableRule::NEVER);
         let batch: Vec<LogRequest> = (0..7)
             .map(|n| request(if n == 3 { "poison" } else { "fine" }))
             .collect();
@@ -170,7 +167,7 @@ mod tests {
                 .unwrap();
         }
         // `event`'s claim is not there, as after a crash that lost its asynchronous commit.
-        let writer = LogWriter::new(db.pool.clone(), 50);
+        let writer = LogWriter::new(db.pool.clone(), DisableRule::NEVER);
         let request = LogRequest {
             rows: vec![row("fine")],
             keep: vec![event.clone(), kept.clone()],

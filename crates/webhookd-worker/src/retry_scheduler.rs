@@ -164,6 +164,7 @@ mod tests {
             chunk: 0,
             attempt: 2,
             due_at_ms,
+            replay: None,
         }
     }
 

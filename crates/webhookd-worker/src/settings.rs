@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use webhookd_broker::Topology;
 use webhookd_core::{Catalog, NetworkPolicy, RetryPolicy};
+use webhookd_store::retention::RetentionSettings;
 
 /// Worker settings (built from the environment by the binary, or directly by tests and benchmarks).
 #[derive(Debug, Clone)]
@@ -25,6 +26,9 @@ pub struct WorkerSettings {
     pub retry_policy: RetryPolicy,
     /// Auto-disable threshold; ≤ 0 never disables (`WEBHOOK_MAX_CONSECUTIVE_FAILURES`).
     pub max_consecutive_failures: i32,
+    /// How long a webhook must have been failing, with no success, before it is turned off
+    /// (`WEBHOOK_DISABLE_AFTER`).
+    pub disable_after: Duration,
     /// Events in flight (`WEBHOOKD_PREFETCH`).
     pub prefetch: u16,
     /// Retry messages unacknowledged, and attempts from the retry queue at once (`WEBHOOKD_RETRY_PREFETCH`).
@@ -48,4 +52,8 @@ pub struct WorkerSettings {
     /// How long a writer may hold work it has not committed before it counts as stalled
     /// (`WEBHOOKD_STALL_AFTER`).
     pub stall_after: Duration,
+    /// What is kept, and for how long.
+    pub retention: RetentionSettings,
+    /// Events a replay queues per second (`WEBHOOKD_REPLAY_RATE`).
+    pub replay_rate: f64,
 }

@@ -1,34 +1,78 @@
-//! Background upkeep: the delivery log's partitions and write ids (hourly), and the writers' stall signal
-//! (every second).
+//! Background upkeep: retention (the delivery log's partitions, old events, expired idempotency keys and
+//! log-write ids; one worker at a time), and the writers' stall signal (every second).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use webhookd_metrics::WriterProgress;
-use webhookd_store::{delivery_log, migrate, Pool};
+use webhookd_metrics::{WriterProgress, RETENTION_LAST_RUN, RETENTION_REMOVED, RETENTION_RUNS};
+use webhookd_store::retention::{self, RetentionRun, RetentionSettings};
+use webhookd_store::{Pool, StoreError};
 
-/// Runs the upkeep every hour until `stop`.
-pub(crate) async fn maintain_log(pool: Pool, stop: CancellationToken) {
-    let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+/// Runs retention every `settings.every()` until `stop` (the first run at once).
+pub(crate) async fn keep_retention(
+    pool: Pool,
+    settings: RetentionSettings,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(settings.every());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = hourly.tick() => {
-                let result = match pool.get().await {
-                    Ok(client) => match migrate::ensure_log_partitions(&client).await {
-                        Ok(()) => delivery_log::forget_old_writes(&**client).await.map(drop),
-                        Err(e) => Err(e),
-                    },
-                    Err(e) => Err(e.into()),
-                };
-                if let Err(e) = result {
-                    tracing::warn!(error = %e, "delivery-log upkeep failed; next try in an hour");
-                }
+            _ = tick.tick() => {}
+        }
+        let started = Instant::now();
+        match retention_once(&pool, &settings).await {
+            Ok(Some(run)) => report(&run, started.elapsed()),
+            Ok(None) => {
+                RETENTION_RUNS.with_label_values(&["skipped"]).inc();
+                tracing::debug!("retention skipped: another process is running it");
+            }
+            Err(e) => {
+                RETENTION_RUNS.with_label_values(&["failed"]).inc();
+                tracing::warn!(error = %e, sqlstate = e.sqlstate(), "retention failed; it runs again later");
             }
         }
     }
+}
+
+async fn retention_once(
+    pool: &Pool,
+    settings: &RetentionSettings,
+) -> Result<Option<RetentionRun>, StoreError> {
+    let mut client = pool.get().await?;
+    retention::run(&mut client, settings).await
+}
+
+fn report(run: &RetentionRun, took: Duration) {
+    RETENTION_RUNS.with_label_values(&["done"]).inc();
+    let removed = [
+        ("partitions", run.partitions_dropped.len() as u64),
+        ("events", run.events_deleted),
+        ("idempotency_keys", run.keys_deleted),
+        ("default_rows", run.default_rows_deleted),
+    ];
+    for (what, n) in removed {
+        RETENTION_REMOVED.with_label_values(&[what]).inc_by(n);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    RETENTION_LAST_RUN.set(now);
+    tracing::info!(
+        partitions_created = run.partitions_created,
+        partitions_dropped = ?run.partitions_dropped,
+        events_deleted = run.events_deleted,
+        idempotency_keys_deleted = run.keys_deleted,
+        default_rows_moved = run.default_rows_moved,
+        default_rows_deleted = run.default_rows_deleted,
+        log_writes_forgotten = run.writes_forgotten,
+        took_ms = took.as_millis() as u64,
+        "retention run"
+    );
 }
 
 /// How often the writers' stall signal is refreshed.

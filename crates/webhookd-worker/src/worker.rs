@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 use webhookd_broker::inbound::{consume, stop_consuming};
 use webhookd_broker::{ConfirmedPublisher, Inbound, PublishError, QueueKind};
 use webhookd_metrics::WriterProgress;
+use webhookd_store::delivery_log::DisableRule;
+use webhookd_store::retention;
 use webhookd_store::{database, migrate, Pool, StoreError};
 
 use crate::acks::Acks;
@@ -22,11 +24,12 @@ use crate::claim_writer::ClaimWriter;
 use crate::context::{Outbox, WorkerContext};
 use crate::event_path::handle_event;
 use crate::log_writer::LogWriter;
+use crate::replay_runner::run_replays;
 use crate::retry_path::handle_retry;
 use crate::retry_scheduler::RetryScheduler;
 use crate::settings::WorkerSettings;
 use crate::subscriptions::{keep_current, SubscriptionCache};
-use crate::upkeep::{maintain_log, watch_writers};
+use crate::upkeep::{keep_retention, watch_writers};
 
 /// How long a stopping session waits for its last acknowledgements to be sent.
 const ACKS_FLUSH: Duration = Duration::from_secs(5);
@@ -98,17 +101,38 @@ impl Worker {
             settings.database_url.clone(),
             background.clone(),
         ));
-        tokio::spawn(maintain_log(pool.clone(), background.clone()));
+        // The delivery log's partitions exist before anything is logged; retention keeps them ahead.
+        {
+            let client = pool.get().await.map_err(StoreError::from)?;
+            let r = &settings.retention;
+            retention::ensure_partitions(&**client, r.partitions_ahead(), r.partition_span).await?;
+        }
+        tokio::spawn(keep_retention(
+            pool.clone(),
+            settings.retention,
+            background.clone(),
+        ));
         let claims = Batcher::spawn(
             ClaimWriter::new(claim_pool),
             CLAIMS,
             WriterProgress::new("event_claim"),
         );
         let log = Batcher::spawn(
-            LogWriter::new(pool.clone(), settings.max_consecutive_failures),
+            LogWriter::new(
+                pool.clone(),
+                DisableRule {
+                    max_consecutive_failures: settings.max_consecutive_failures,
+                    disable_after: settings.disable_after,
+                },
+            ),
             LOG,
             WriterProgress::new("delivery_log"),
         );
+        tokio::spawn(run_replays(
+            pool.clone(),
+            Arc::new(settings.clone()),
+            background.clone(),
+        ));
         let ctx = WorkerContext::new(settings, cache, pool, claims, log)?;
         tokio::spawn(watch_writers(
             ctx.writers(),

@@ -9,6 +9,7 @@ use webhookd_api::rate_limit::{Rate, RateLimitSettings};
 use webhookd_broker::Topology;
 use webhookd_core::retry_policy::{DEFAULT_MAX_RETRY_AFTER, DEFAULT_SCHEDULE};
 use webhookd_core::{Catalog, NetworkPolicy, RetryPolicy};
+use webhookd_store::retention::RetentionSettings;
 use webhookd_worker::WorkerSettings;
 
 /// A setting that cannot be used.
@@ -84,6 +85,12 @@ pub struct Config {
     pub secret_grace: Duration,
     /// `WEBHOOKD_STALL_AFTER`: how long a writer may hold uncommitted work before it counts as stalled.
     pub stall_after: Duration,
+    /// `WEBHOOK_DISABLE_AFTER`: how long a webhook must fail, with no success, before it is turned off.
+    pub disable_after: Duration,
+    /// `WEBHOOKD_LOG_RETENTION_DAYS`, `WEBHOOKD_LOG_PARTITION_MINUTES`, `WEBHOOKD_IDEMPOTENCY_KEY_HOURS`.
+    pub retention: RetentionSettings,
+    /// `WEBHOOKD_REPLAY_RATE`: events a replay queues per second.
+    pub replay_rate: f64,
     /// `WEBHOOKD_API_DEPENDENCY_TIMEOUT`: the API's limit on each wait for the database pool, the broker or DNS.
     pub api_dependency_timeout: Duration,
     /// `WEBHOOKD_TEST_PINGS_*`, `WEBHOOKD_REDELIVERIES_*`, `WEBHOOKD_RECOVERIES_*`: per-organization rates.
@@ -125,6 +132,20 @@ impl Env<'_> {
                 }),
             },
         }
+    }
+
+    /// A positive number of `unit`-second units (hours: 3600), as a duration.
+    fn seconds_scaled(
+        &self,
+        var: &'static str,
+        default: f64,
+        unit: f64,
+        expected: &'static str,
+    ) -> Result<Duration, ConfigError> {
+        let n = self.parse(var, default, expected, |n: &f64| {
+            n.is_finite() && *n > 0.0 && *n * unit < 1e10
+        })?;
+        Ok(Duration::from_secs_f64(n * unit))
     }
 
     fn seconds(
@@ -356,6 +377,43 @@ impl Config {
                 30.0,
                 "a positive number of seconds",
             )?,
+            disable_after: Duration::from_secs_f64(env.parse(
+                "WEBHOOK_DISABLE_AFTER",
+                86_400.0,
+                "a number of seconds, 0 or more",
+                |s: &f64| s.is_finite() && *s >= 0.0 && *s < 1e9,
+            )?),
+            retention: RetentionSettings {
+                keep: Duration::from_secs_f64(
+                    86_400.0
+                        * env.parse(
+                            "WEBHOOKD_LOG_RETENTION_DAYS",
+                            30.0,
+                            "a positive number of days, e.g. 30 or 0.5",
+                            |d: &f64| d.is_finite() && *d > 0.0 && *d <= 36_500.0,
+                        )?,
+                ),
+                partition_span: Duration::from_secs(
+                    60 * env.parse(
+                        "WEBHOOKD_LOG_PARTITION_MINUTES",
+                        1440u64,
+                        "minutes that divide a day: 1, 5, 10, 15, 30, 60, 120, 360, 720 or 1440",
+                        |m| *m > 0 && 1440 % *m == 0,
+                    )?,
+                ),
+                idempotency_keys: env.seconds_scaled(
+                    "WEBHOOKD_IDEMPOTENCY_KEY_HOURS",
+                    24.0,
+                    3600.0,
+                    "a positive number of hours",
+                )?,
+            },
+            replay_rate: env.parse(
+                "WEBHOOKD_REPLAY_RATE",
+                50.0,
+                "a positive number of events per second",
+                |r: &f64| r.is_finite() && *r > 0.0 && *r <= 100_000.0,
+            )?,
             api_dependency_timeout: env.seconds(
                 "WEBHOOKD_API_DEPENDENCY_TIMEOUT",
                 5.0,
@@ -410,12 +468,12 @@ impl Config {
             max_webhooks_per_organization: self.max_webhooks_per_organization,
             max_body_bytes: self.max_body_bytes,
             max_event_bytes: self.max_event_bytes,
+            idempotency_key_ttl: self.retention.idempotency_keys,
             network_policy: self.network_policy.clone(),
             secret_grace: self.secret_grace,
             timeout: self.timeout,
             response_excerpt_bytes: self.response_excerpt_bytes,
             batch_size: self.batch_size,
-            max_consecutive_failures: self.max_consecutive_failures,
             pool_size: self.pool_size,
             dependency_timeout: self.api_dependency_timeout,
             rate_limits: self.rate_limits,
@@ -458,6 +516,9 @@ impl Config {
             network_policy: self.network_policy.clone(),
             max_event_bytes: self.max_event_bytes,
             stall_after: self.stall_after,
+            disable_after: self.disable_after,
+            retention: self.retention,
+            replay_rate: self.replay_rate,
         }
     }
 }

@@ -4,6 +4,7 @@ mod config;
 mod demo;
 mod logging;
 mod memory;
+mod replay;
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -43,6 +44,51 @@ enum Command {
     Migrate,
     /// Publish one event through the producer client (waits for the broker's confirm).
     Publish(PublishArgs),
+    /// Replay stored events to a webhook (backfill, or re-send what it missed), follow or cancel a replay.
+    #[command(subcommand)]
+    Replay(ReplayCommand),
+}
+
+#[derive(Subcommand)]
+enum ReplayCommand {
+    /// Start a replay: the stored events of the window that match the webhook's subscription, sent again as new
+    /// deliveries, in event order, paced (a worker runs it). Prints the replay's id alone on stdout.
+    Start {
+        /// The organization the webhook belongs to.
+        #[arg(long)]
+        organization: i64,
+        /// The webhook to send to.
+        #[arg(long)]
+        webhook: i64,
+        /// Events stored at or after this time (RFC 3339, e.g. 2026-01-31T12:00:00Z).
+        #[arg(long)]
+        since: String,
+        /// ... and before this one (default: now).
+        #[arg(long)]
+        until: Option<String>,
+        /// Only this action (repeat for several); default: every action the webhook subscribes to.
+        #[arg(long = "action")]
+        actions: Vec<String>,
+        /// Wait until every event is queued and every delivery has ended, printing the progress on stderr.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show a replay's progress (JSON, as the API's GET /api/replays/{id}/).
+    Status {
+        /// The organization the replay belongs to.
+        #[arg(long)]
+        organization: i64,
+        /// The replay's id.
+        id: String,
+    },
+    /// Cancel a running replay.
+    Cancel {
+        /// The organization the replay belongs to.
+        #[arg(long)]
+        organization: i64,
+        /// The replay's id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -107,7 +153,11 @@ fn main() -> ExitCode {
         &config,
         matches!(
             cli.command,
-            Command::Publish(_) | Command::Token(_) | Command::Migrate | Command::Demo
+            Command::Publish(_)
+                | Command::Token(_)
+                | Command::Migrate
+                | Command::Demo
+                | Command::Replay(_)
         ),
     );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -129,6 +179,7 @@ fn main() -> ExitCode {
             Command::Demo => demo::run(&config).await,
             Command::Migrate => migrate(&config).await,
             Command::Publish(args) => publish(&config, args).await,
+            Command::Replay(cmd) => replay::run(&config, cmd).await,
         }
     });
     match result {

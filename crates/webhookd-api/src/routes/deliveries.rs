@@ -92,7 +92,10 @@ pub struct LogQuery {
     pub limit: Option<String>,
 }
 
-fn parse_time(field: &str, raw: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+pub(crate) fn parse_time(
+    field: &str,
+    raw: Option<&str>,
+) -> Result<Option<DateTime<Utc>>, ApiError> {
     raw.filter(|s| !s.is_empty())
         .map(|s| {
             DateTime::parse_from_rfc3339(s)
@@ -286,6 +289,7 @@ fn task_for(r: &AttemptRecord, attempt: i32) -> RetryTask {
         chunk: r.chunk.max(0) as u32,
         attempt: attempt.max(1) as u32,
         due_at_ms: now_ms(),
+        replay: r.replay_id,
     }
 }
 

@@ -12,10 +12,6 @@ use crate::error::ApiError;
 use crate::extract::{JsonBody, Principal};
 use crate::state::{ApiSettings, AppState};
 
-/// Namespace of event ids derived from idempotency keys.
-const IDEMPOTENCY_NAMESPACE: uuid::Uuid =
-    uuid::Uuid::from_u128(0x3b0f_6c2e_9d41_4a8e_b7c5_0e2f_91d4_a6b3);
-
 /// The longest `Idempotency-Key` accepted.
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 
@@ -99,15 +95,11 @@ pub async fn ingest(
             }
         },
     };
-    // With a key, the id is derived from it, so every retry of the request publishes the same event.
-    let derived = key.as_ref().map(|k| {
-        let name = format!("{}/{k}", principal.organization);
-        uuid::Uuid::new_v5(&IDEMPOTENCY_NAMESPACE, name.as_bytes()).to_string()
-    });
+    // A new id unless the envelope has one; with a key, the id is recorded with it, and a retry of the request
+    // within the key's window publishes that same id again.
     let mut id = event
         .producer_id
         .clone()
-        .or(derived)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let max = state.settings.max_event_bytes;
     // Checked before the key is claimed, so that a refused event leaves no pending key behind.
@@ -116,7 +108,10 @@ pub async fn ingest(
     // back to the pool before the publish, and marked published with another.
     if let Some(key) = &key {
         let client = state.pool.get().await?;
-        match events::claim_idempotency_key(&**client, principal.organization, key, &id).await? {
+        let ttl = state.settings.idempotency_key_ttl;
+        match events::claim_idempotency_key(&**client, principal.organization, key, &id, ttl)
+            .await?
+        {
             KeyState::New => {}
             KeyState::Pending(earlier) => {
                 id = earlier;

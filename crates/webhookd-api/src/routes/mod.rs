@@ -3,6 +3,7 @@
 pub mod deliveries;
 pub mod events;
 pub mod info;
+pub mod replays;
 pub mod secrets;
 pub mod webhook_test;
 pub mod webhooks;

@@ -9,7 +9,7 @@ use serde_json::json;
 use webhookd_core::actions::PING;
 use webhookd_core::{python_json, AttemptResult, DeliveryId, EventId};
 use webhookd_dispatch::AttemptRequest;
-use webhookd_store::delivery_log::{self, AttemptRow, DeliveryKey, Outcome};
+use webhookd_store::delivery_log::{self, AttemptRow, DeliveryKey, DisableRule, Outcome};
 use webhookd_store::events::{self, NewEvent};
 use webhookd_store::webhooks;
 
@@ -76,7 +76,7 @@ pub async fn test(
         .await?;
         webhook
     };
-    let key = DeliveryKey::new(event_id, id, principal.organization, PING, 0);
+    let key = DeliveryKey::new(event_id, id, principal.organization, PING, 0, None);
     let delivery_id = DeliveryId(key.delivery_id);
     let report = state
         .dispatcher
@@ -110,14 +110,16 @@ pub async fn test(
         error: report.error.clone(),
         response_excerpt: report.excerpt.clone(),
     };
-    let row = AttemptRow::made(key, 1, outcome, report, None);
+    let mut row = AttemptRow::made(key, 1, outcome, report, None);
+    // A test ping says nothing of the webhook's health: it neither counts as a failure nor resets the count.
+    row.health = None;
     let mut client = state.pool.get().await?;
     delivery_log::write_attempts(
         &mut client,
         uuid::Uuid::now_v7(),
         &[&row],
         &[],
-        state.settings.max_consecutive_failures,
+        DisableRule::NEVER,
     )
     .await?;
     Ok(Json(shown))

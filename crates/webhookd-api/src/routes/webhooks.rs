@@ -27,6 +27,12 @@ pub struct Webhook {
     pub is_active: bool,
     /// Failed attempts in a row; a success resets it (read-only).
     pub consecutive_failures: i32,
+    /// When the current run of failures began; null after a success (read-only).
+    pub failing_since: Option<String>,
+    /// Why webhookd turned the webhook off, while it is off for that (read-only).
+    pub disabled_reason: Option<String>,
+    /// When webhookd turned it off (read-only).
+    pub disabled_at: Option<String>,
     pub actions: Vec<String>,
     pub created_at: String,
     pub updated_at: String,
@@ -44,6 +50,9 @@ impl From<WebhookRecord> for Webhook {
             headers: r.headers,
             is_active: r.is_active,
             consecutive_failures: r.consecutive_failures,
+            failing_since: r.failing_since.map(drf_time),
+            disabled_reason: r.disabled_reason,
+            disabled_at: r.disabled_at.map(drf_time),
             actions: r.actions,
             created_at: drf_time(r.created_at),
             updated_at: drf_time(r.updated_at),

@@ -39,6 +39,8 @@ pub(crate) struct AttemptInput<'a> {
     pub(crate) number: u32,
     /// Where it is made.
     pub(crate) origin: AttemptOrigin,
+    /// The replay that made the delivery, if one did.
+    pub(crate) replay: Option<uuid::Uuid>,
 }
 
 /// An attempt made: its log row and, if it failed and may be tried again, its retry task.
@@ -57,6 +59,7 @@ pub(crate) async fn attempt(ctx: &WorkerContext, input: AttemptInput<'_>) -> Att
         input.webhook.organization,
         &input.event.action,
         input.chunk,
+        input.replay,
     );
     let report = send_watching_the_slow_lane(ctx, &input, &key).await;
     ctx.slow_lane
@@ -120,6 +123,7 @@ fn follow(verdict: Verdict, input: &AttemptInput<'_>) -> (Outcome, Option<RetryT
         chunk: input.chunk,
         attempt,
         due_at_ms: now_ms() + wait.as_millis() as i64,
+        replay: input.replay,
     };
     match verdict {
         Verdict::Succeeded => (Outcome::Succeeded, None),

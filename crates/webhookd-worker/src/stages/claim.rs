@@ -1,5 +1,6 @@
-//! Stage 2: the webhooks that receive the event, and its claim: the event is stored before its first attempt,
-//! so that a re-published event is delivered once and its retries can read it back.
+//! Stage 2: the event's claim, and the webhooks that receive it. Every event is stored (those that no webhook
+//! receives too, so that they can be replayed), before its first attempt, so that a re-published event is
+//! delivered once and its retries can read it back.
 
 use std::sync::Arc;
 
@@ -13,8 +14,8 @@ use crate::stages::parse::ParsedEvent;
 
 /// What the claim stage found.
 pub(crate) enum ClaimOutcome {
-    /// No active webhook receives the event: nothing to do.
-    NoSubscribers,
+    /// No active webhook receives the event: it is stored, nothing is sent.
+    NoSubscribers(Arc<NewEvent>),
     /// The event was published again and delivered already (its producer id is stored).
     AlreadyDelivered,
     /// The event is stored and its deliveries are this handler's to make.
@@ -44,10 +45,6 @@ pub(crate) async fn claim(
         ctx.cache
             .snapshot()
             .matching(event.organization, event.project_id, &event.action);
-    if subscribers.is_empty() {
-        tracing::debug!(organization = event.organization, action = %event.action, "event has no subscriber");
-        return Ok(ClaimOutcome::NoSubscribers);
-    }
     let stored = Arc::new(new_event(message, parsed));
     let claim = match ctx.claims.submit(stored.clone()).await? {
         Ok(claim) => claim,
@@ -56,6 +53,10 @@ pub(crate) async fn claim(
             return Ok(ClaimOutcome::Unstorable(reason));
         }
     };
+    if subscribers.is_empty() {
+        tracing::debug!(organization = event.organization, action = %event.action, "event has no subscriber");
+        return Ok(ClaimOutcome::NoSubscribers(stored));
+    }
     if !claim.fresh && !message.redelivered {
         tracing::info!(event_id = %claim.event_id, producer_id = ?event.producer_id,
             "event was published again; already delivered");

@@ -36,6 +36,7 @@ pub(crate) async fn fan_out(
         chunk,
         attempt: 1,
         due_at_ms: now_ms(),
+        replay: None,
     };
     let (slow, inline): (Vec<_>, Vec<_>) = subscribers
         .iter()
@@ -69,6 +70,7 @@ pub(crate) async fn fan_out(
                 chunk,
                 number: 1,
                 origin: AttemptOrigin::Inline,
+                replay: None,
             };
             Ok(attempt(ctx, input).await)
         })

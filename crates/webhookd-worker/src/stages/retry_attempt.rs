@@ -3,13 +3,10 @@
 //! cannot start now (its organization over its fair share of the retry slots, its webhook at its cap),
 //! parked: put back on the delay ladder, due when its webhook is expected to have room.
 
-use std::collections::HashMap;
-
-use uuid::Uuid;
 use webhookd_broker::retry_task::now_ms;
 use webhookd_broker::RetryTask;
 use webhookd_core::actions::UNKNOWN_ACTION;
-use webhookd_core::{Event, EventId, Subscription};
+use webhookd_core::{Event, EventId, Subscription, SubscriptionIndex};
 use webhookd_store::delivery_log::{AttemptRow, DeliveryKey};
 
 use crate::batcher::Stopped;
@@ -17,7 +14,7 @@ use crate::bodies::Bodies;
 use crate::context::WorkerContext;
 use crate::retry_lane::{Claimant, LaneSlot};
 use crate::stages::attempt::{attempt, AttemptInput, AttemptMade, AttemptOrigin};
-use crate::stages::load::{load_events, StoredEvent, Unsendable};
+use crate::stages::load::{load_events, Loaded, Unsendable};
 use crate::webhook_limits::WebhookPermit;
 
 /// What became of one retry task.
@@ -48,7 +45,8 @@ struct Admitted {
     _room: WebhookPermit,
 }
 
-/// Makes (or closes, or parks) each of the `due` tasks, concurrently. The message's events are read in one
+/// Makes (or closes, or parks) each of the `due` tasks, concurrently — but the first attempts of a replay,
+/// which it queues in event order, one after another, in that order. The message's events are read in one
 /// query first; retry slots are apart from the inline delivery slots, so hanging receivers in the slow lane
 /// cannot take those that healthy webhooks need.
 pub(crate) async fn retry_attempts(
@@ -58,24 +56,50 @@ pub(crate) async fn retry_attempts(
     if due.is_empty() {
         return Ok(Vec::new());
     }
-    let stored = load_events(ctx, due).await?;
+    let loaded = load_events(ctx, due).await?;
     let webhooks = ctx.cache.snapshot();
-    let stored = &stored;
-    let attempts = due.iter().map(|task| {
-        let webhook = webhooks.get(task.webhook_id).cloned();
-        // Boxed: a task still waiting for its slot then holds a pointer, not an attempt's state.
-        Box::pin(async move { retry_attempt(ctx, task, webhook.as_deref(), stored).await })
+    let stored = &loaded;
+    let webhooks = &*webhooks;
+    let one = |task| retry_attempt(ctx, task, webhooks, stored);
+    let (ordered, apart): (Vec<&RetryTask>, Vec<&RetryTask>) = due
+        .iter()
+        .partition(|t| t.replay.is_some() && t.attempt == 1);
+    // Boxed: a task still waiting for its slot then holds a pointer, not an attempt's state.
+    let concurrent = futures::future::join_all(apart.into_iter().map(|t| Box::pin(one(t))));
+    let in_order = Box::pin(async {
+        let mut outcomes = Vec::with_capacity(ordered.len());
+        let mut tasks = ordered.into_iter();
+        while let Some(task) = tasks.next() {
+            match one(task).await {
+                // The rest wait with it, so that they come back together, still in order.
+                RetryOutcome::Parked(parked) => {
+                    let due_at_ms = parked.due_at_ms;
+                    outcomes.push(RetryOutcome::Parked(parked));
+                    outcomes.extend(tasks.by_ref().map(|t| {
+                        RetryOutcome::Parked(RetryTask {
+                            due_at_ms,
+                            ..t.clone()
+                        })
+                    }));
+                }
+                outcome => outcomes.push(outcome),
+            }
+        }
+        outcomes
     });
-    Ok(futures::future::join_all(attempts).await)
+    let (mut outcomes, in_order) = tokio::join!(concurrent, in_order);
+    outcomes.extend(in_order);
+    Ok(outcomes)
 }
 
 /// One due task, top to bottom: ready it (or close it), admit it (or park it), make its attempt.
 async fn retry_attempt(
     ctx: &WorkerContext,
     task: &RetryTask,
-    webhook: Option<&Subscription>,
-    stored: &HashMap<Uuid, StoredEvent>,
+    webhooks: &SubscriptionIndex,
+    stored: &Loaded,
 ) -> RetryOutcome {
+    let webhook = webhooks.get(task.webhook_id).map(|w| &**w);
     let ready = match ready(ctx, task, webhook, stored) {
         Ok(ready) => ready,
         Err(closed) => return *closed,
@@ -93,6 +117,7 @@ async fn retry_attempt(
         chunk: task.chunk.min(ready.bodies.chunks() as u32 - 1),
         number: task.attempt,
         origin: AttemptOrigin::Retry,
+        replay: task.replay,
     };
     RetryOutcome::Logged(attempt(ctx, input).await)
 }
@@ -103,9 +128,9 @@ fn ready<'a>(
     ctx: &WorkerContext,
     task: &RetryTask,
     webhook: Option<&'a Subscription>,
-    stored: &'a HashMap<Uuid, StoredEvent>,
+    stored: &'a Loaded,
 ) -> Result<Ready<'a>, Box<RetryOutcome>> {
-    let (event, bodies) = match (stored.get(&task.event_id), webhook) {
+    let (event, bodies) = match (stored.events.get(&task.event_id), webhook) {
         (Some(stored), _) => match stored.parsed(ctx, task.event_id) {
             Ok((event, bodies)) => (event, bodies),
             Err(Unsendable {
@@ -130,6 +155,10 @@ fn ready<'a>(
             }));
         }
     };
+    if let Some(replay) = task.replay.filter(|r| stored.cancelled_replays.contains(r)) {
+        let reason = format!("replay {replay} was cancelled");
+        return Err(Box::new(abandon_event(event, task, &reason)));
+    }
     let reason = match webhook {
         Some(w) if w.matches(event.organization, event.project_id, &event.action) => {
             if bodies.chunks() > 0 {
@@ -201,7 +230,14 @@ fn abandoned(
     reason: &str,
 ) -> RetryOutcome {
     let event_id = EventId(task.event_id);
-    let key = DeliveryKey::new(event_id, task.webhook_id, organization, action, task.chunk);
+    let key = DeliveryKey::new(
+        event_id,
+        task.webhook_id,
+        organization,
+        action,
+        task.chunk,
+        task.replay,
+    );
     tracing::info!(event_id = %event_id, delivery_id = %webhookd_core::DeliveryId(key.delivery_id),
         webhook_id = task.webhook_id, organization, project, action, attempt = task.attempt,
         outcome = "dead", error = reason, "delivery attempt");
