@@ -797,6 +797,9 @@ fn run_table(title: &str, runs: &[RunResult]) -> Table {
     row("worker peak open fds (0.5 s samples)", &|r| {
         r.peak_fds.to_string()
     });
+    row("retry queue: messages ready, peak / mean (0.5 s)", &|r| {
+        format!("{} / {:.1}", r.retry_queue_ready.0, r.retry_queue_ready.1)
+    });
     row("worker CPU during the run, s", &|r| num(r.worker_cpu_s, 2));
     row("worker CPU at start-up, s", &|r| {
         num(r.worker_startup_cpu_s, 2)

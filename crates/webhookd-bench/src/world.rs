@@ -159,6 +159,9 @@ pub struct RunResult {
     pub worker_startup_cpu_s: Option<f64>,
     /// Most file descriptors the worker had open (sampled every 0.5 s).
     pub peak_fds: usize,
+    /// Messages ready in the retry queue (waiting for a worker's consumer window), sampled every 0.5 s:
+    /// the largest and the mean.
+    pub retry_queue_ready: (u32, f64),
     /// CPU seconds of PostgreSQL, RabbitMQ and the bench during the run.
     pub services: Services,
     /// From the first publish until everything was logged.
@@ -210,6 +213,8 @@ impl RunResult {
             "worker_startup_cpu_s": self.worker_startup_cpu_s.map(|v| round(v, 2)),
             "cpu_s_per_10k": self.cpu_s_per_10k().map(|v| round(v, 3)),
             "worker_peak_open_fds": self.peak_fds,
+            "retry_queue_ready_peak": self.retry_queue_ready.0,
+            "retry_queue_ready_mean": round(self.retry_queue_ready.1, 1),
             "postgres_cpu_s": round(self.services.postgres, 2),
             "rabbitmq_cpu_s": round(self.services.rabbitmq, 2),
             "bench_cpu_s": round(self.services.bench, 2),
@@ -506,11 +511,25 @@ impl World {
         let mut published = None;
         let (mut seen, mut seen_at) = (0u64, Instant::now());
         let mut peak_fds = 0usize;
+        let retry_queue = self.topology.retry_queue();
+        let mut retry_ready: Vec<u32> = Vec::new();
         let mut ticks = 0u64;
         let progress = loop {
             ticks += 1;
             if ticks % 10 == 1 {
                 peak_fds = peak_fds.max(procstat::open_fds(pid).unwrap_or(0));
+                let queue = channel
+                    .queue_declare(
+                        retry_queue.as_str().into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(|e| format!("sampling the retry queue: {e}"))?;
+                retry_ready.push(queue.message_count());
             }
             tokio::select! {
                 r = &mut publishing, if published.is_none() => { published = Some(r?); }
@@ -625,6 +644,11 @@ impl World {
             worker_cpu_s,
             worker_startup_cpu_s,
             peak_fds,
+            retry_queue_ready: (
+                retry_ready.iter().copied().max().unwrap_or(0),
+                retry_ready.iter().map(|&n| f64::from(n)).sum::<f64>()
+                    / retry_ready.len().max(1) as f64,
+            ),
             services,
             wall_s,
             punctuality,
