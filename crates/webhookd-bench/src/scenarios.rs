@@ -455,14 +455,15 @@ pub async fn noisy_neighbour(scale: &Scale, bin: &Path) -> Result<Report, BoxErr
 
     let mut summary = Table::new(
         format!(
-            "noisy-neighbour ({} scale): medians of {} pair(s)",
+            "noisy-neighbour ({} scale): medians of {} pair(s); the ratio and the difference are the \
+             medians of each pair's",
             scale.name, scale.pairs
         ),
         [
             "B alone",
             "B with A",
-            "with / alone",
-            "difference",
+            "with / alone, per pair",
+            "with − alone, per pair",
             "within 10 %",
         ]
         .map(str::to_owned)
@@ -488,7 +489,8 @@ pub async fn noisy_neighbour(scale: &Scale, bin: &Path) -> Result<Report, BoxErr
             .filter(|(a, _)| *a > 0.0)
             .map(|(a, w)| w / a)
             .collect();
-        let ratio = (!ratios.is_empty()).then(|| median(ratios.clone()));
+        // Rounded as shown, so that the verdict agrees with the figure printed beside it.
+        let ratio = (!ratios.is_empty()).then(|| round(median(ratios.clone()), 3));
         let difference =
             (!pairs.is_empty()).then(|| median(pairs.iter().map(|(a, w)| w - a).collect()));
         let within = match (figure.judged, ratio) {
