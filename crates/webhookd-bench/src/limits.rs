@@ -277,7 +277,7 @@ async fn amqp_load(
     };
 
     let sent = Arc::new(AtomicU64::new(0));
-    let message_bytes = envelope("bench-limits", 0, unix_micros()).len();
+    let message_bytes = envelope("bench-limits", 1, 0, unix_micros()).len();
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs);
     let mut tasks = JoinSet::new();
@@ -308,7 +308,7 @@ async fn amqp_load(
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 sent.fetch_add(1, Ordering::Relaxed);
-                let body = envelope(&format!("bench-limits-{k}"), n, unix_micros());
+                let body = envelope(&format!("bench-limits-{k}"), 1, n, unix_micros());
                 let props = BasicProperties::default()
                     .with_content_type("application/json".into())
                     .with_delivery_mode(2);

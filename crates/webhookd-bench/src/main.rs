@@ -46,8 +46,8 @@ struct Cli {
     /// `cargo build --release -p webhookd`.
     #[arg(long)]
     worker_bin: Option<PathBuf>,
-    /// `slow-endpoint`: how many times to run the two configurations, alternately; the rates and their
-    /// ratio are the medians (a shared machine's speed drifts between runs).
+    /// `slow-endpoint` and `noisy-neighbour`: how many times to run the two configurations, alternately;
+    /// the figures and their ratios are the medians (a shared machine's speed drifts between runs).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
     pairs: u32,
 }
@@ -59,6 +59,7 @@ enum Scenario {
     Fanout,
     SlowEndpoint,
     FailingEndpoint,
+    NoisyNeighbour,
     Limits,
     All,
 }
@@ -69,12 +70,13 @@ enum ScaleArg {
     Full,
 }
 
-const ALL: [Scenario; 6] = [
+const ALL: [Scenario; 7] = [
     Scenario::Throughput,
     Scenario::Latency,
     Scenario::Fanout,
     Scenario::SlowEndpoint,
     Scenario::FailingEndpoint,
+    Scenario::NoisyNeighbour,
     Scenario::Limits,
 ];
 
@@ -99,7 +101,7 @@ async fn run(cli: Cli) -> ExitCode {
         ScaleArg::Tiny => Scale::tiny(),
         ScaleArg::Full => Scale::full(),
     };
-    scale.slow_pairs = cli.pairs as usize;
+    scale.pairs = cli.pairs as usize;
     let selected: Vec<Scenario> = match cli.scenario {
         Scenario::All => ALL.to_vec(),
         one => vec![one],
@@ -130,12 +132,20 @@ async fn run(cli: Cli) -> ExitCode {
             Scenario::Fanout => scenarios::fanout(&scale, bin).await,
             Scenario::SlowEndpoint => scenarios::slow_endpoint(&scale, bin).await,
             Scenario::FailingEndpoint => scenarios::failing_endpoint(&scale, bin).await,
+            Scenario::NoisyNeighbour => scenarios::noisy_neighbour(&scale, bin).await,
             Scenario::Limits => scenarios::limits(&scale).await,
             Scenario::All => continue,
         };
         match result {
-            Ok(Report { table, json }) => {
+            Ok(Report {
+                table,
+                summary,
+                json,
+            }) => {
                 println!("{}", table.render());
+                if let Some(summary) = summary {
+                    println!("{}", summary.render());
+                }
                 println!("{json}");
             }
             Err(e) => {
@@ -159,6 +169,7 @@ fn scenario_name(s: Scenario) -> &'static str {
         Scenario::Fanout => "fanout",
         Scenario::SlowEndpoint => "slow-endpoint",
         Scenario::FailingEndpoint => "failing-endpoint",
+        Scenario::NoisyNeighbour => "noisy-neighbour",
         Scenario::Limits => "limits",
         Scenario::All => "all",
     }

@@ -26,8 +26,10 @@ const FILLER: &str = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, s
 pub struct Plan {
     /// The exchange.
     pub exchange: String,
-    /// Prefix of the event ids (unique per run).
+    /// Prefix of the event ids (unique per run and stream).
     pub tag: String,
+    /// The organization of every event.
+    pub organization: i64,
     /// Number of events.
     pub events: u64,
     /// Events per second, or `None` for as fast as the broker confirms.
@@ -55,11 +57,12 @@ pub fn unix_micros() -> u64 {
         .unwrap_or_default()
 }
 
-/// Event `n` of run `tag` as an envelope, stamped with the time of publishing. The worker sends the
-/// webhooks `{"action": "PROJECT_DELETED", "project": {...}}`, about 300 bytes.
-pub fn envelope(tag: &str, n: u64, sent_at_us: u64) -> Vec<u8> {
+/// Event `n` of run `tag` for `organization` as an envelope, stamped with the time of publishing. The
+/// worker sends the organization's webhooks `{"action": "PROJECT_DELETED", "project": {...}}`, about 300
+/// bytes.
+pub fn envelope(tag: &str, organization: i64, n: u64, sent_at_us: u64) -> Vec<u8> {
     format!(
-        r#"{{"version":1,"id":"{tag}-{n}","organization":1,"action":"{ACTION}","project":null,"payload":{{"project":{{"id":{n},"sent_at_us":{sent_at_us},"title":"Benchmark project {n}","description":"{FILLER}"}}}}}}"#
+        r#"{{"version":1,"id":"{tag}-{n}","organization":{organization},"action":"{ACTION}","project":null,"payload":{{"project":{{"id":{n},"sent_at_us":{sent_at_us},"title":"Benchmark project {n}","description":"{FILLER}"}}}}}}"#
     )
     .into_bytes()
 }
@@ -149,7 +152,7 @@ async fn publish_share(
             }
         }
         let id = format!("{}-{n}", plan.tag);
-        let body = envelope(&plan.tag, n, unix_micros());
+        let body = envelope(&plan.tag, plan.organization, n, unix_micros());
         let props = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
@@ -190,9 +193,10 @@ mod tests {
 
     #[test]
     fn an_envelope_is_a_valid_event_with_a_timestamp() {
-        let body = envelope("bench-x", 7, 1_700_000_000_000_000);
+        let body = envelope("bench-x", 2, 7, 1_700_000_000_000_000);
         let event = webhookd_core::Event::parse(&body, &webhookd_core::Catalog::builtin()).unwrap();
         assert_eq!(event.action, ACTION);
+        assert_eq!(event.organization, 2);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["id"], "bench-x-7");
         assert_eq!(
@@ -203,7 +207,7 @@ mod tests {
 
     #[test]
     fn the_worker_sends_the_body_the_load_generator_imitates() {
-        let event = envelope("bench-x", 7, 1_700_000_000_000_000);
+        let event = envelope("bench-x", 1, 7, 1_700_000_000_000_000);
         let event =
             webhookd_core::Event::parse(&event, &webhookd_core::Catalog::builtin()).unwrap();
         let catalog = webhookd_core::Catalog::builtin();

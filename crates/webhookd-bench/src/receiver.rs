@@ -1,10 +1,11 @@
 //! The receiver: a keep-alive HTTP server on 127.0.0.1 with one path per webhook (`/h/<index>`). It
 //! counts distinct deliveries (the `webhook-id` header) per webhook, when each was first received, and the
-//! publish → receive latency from the `sent_at_us` the publisher put in the event.
+//! publish → receive latency from the `sent_at_us` the publisher put in the event. For the webhooks it is
+//! asked to time, it also records the wall time of every attempt (`x-webhookd-attempt`) of every delivery.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -13,6 +14,7 @@ use rand::Rng;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::publish::unix_micros;
 use crate::BoxError;
 
 /// How the receiver answers one webhook's requests.
@@ -30,6 +32,13 @@ pub enum Behavior {
         /// From this attempt on, always 200.
         always_ok_from: u32,
     },
+    /// Answers after `delay`: 500 if `fail`, else 200.
+    Slow {
+        /// How long each request waits for its answer.
+        delay: Duration,
+        /// Answer 500 (every attempt: the deliveries never succeed) instead of 200.
+        fail: bool,
+    },
 }
 
 /// One webhook's tally.
@@ -38,13 +47,17 @@ struct Hook {
     seen: HashSet<String>,
     first: Option<Instant>,
     last: Option<Instant>,
+    /// Every request, whatever the answer.
+    requests: u64,
+    /// Publish → receive latency of each distinct delivery's first receipt, in microseconds.
+    latencies_us: Vec<u64>,
+    /// For a timed webhook: when each attempt of each delivery first arrived, in Unix microseconds.
+    attempts: Option<HashMap<(uuid::Uuid, u32), u64>>,
 }
 
 #[derive(Debug, Default)]
 struct Tally {
     hooks: Vec<Hook>,
-    /// Publish → receive latency of each distinct delivery's first receipt, in microseconds.
-    latencies_us: Vec<u64>,
     /// Every request, whatever the answer.
     requests: u64,
     /// Requests answered 500 on purpose.
@@ -105,16 +118,26 @@ pub struct Snapshot {
     pub mean_body_bytes: f64,
     /// Requests that lacked a `webhook-id` or a readable timestamp.
     pub malformed: u64,
-    /// Latency samples, microseconds, unsorted.
+    /// Latency samples of the webhooks asked for, microseconds, unsorted.
     pub latencies_us: Vec<u64>,
 }
 
 impl Receiver {
     /// Starts on a free port of 127.0.0.1 with one webhook path per behavior.
     pub async fn start(behaviors: Vec<Behavior>) -> Result<Self, BoxError> {
+        Self::start_timing(behaviors, &[]).await
+    }
+
+    /// Like [`Receiver::start`], recording the arrival of every attempt at the webhooks `timed`.
+    pub async fn start_timing(behaviors: Vec<Behavior>, timed: &[usize]) -> Result<Self, BoxError> {
         let shared = Arc::new(Shared {
             tally: Mutex::new(Tally {
-                hooks: behaviors.iter().map(|_| Hook::default()).collect(),
+                hooks: (0..behaviors.len())
+                    .map(|i| Hook {
+                        attempts: timed.contains(&i).then(HashMap::new),
+                        ..Hook::default()
+                    })
+                    .collect(),
                 ..Tally::default()
             }),
             behaviors,
@@ -164,8 +187,29 @@ impl Receiver {
         p
     }
 
-    /// The counters so far.
-    pub fn snapshot(&self) -> Snapshot {
+    /// HTTP requests the webhooks `hooks` received, whatever the answer.
+    pub fn requests(&self, hooks: &[usize]) -> u64 {
+        let tally = self.shared.tally();
+        hooks
+            .iter()
+            .filter_map(|&i| tally.hooks.get(i))
+            .map(|h| h.requests)
+            .sum()
+    }
+
+    /// When each attempt (delivery id, attempt number) of the timed webhook `hook` first arrived, in Unix
+    /// microseconds; empty for a webhook that is not timed.
+    pub fn attempt_times(&self, hook: usize) -> HashMap<(uuid::Uuid, u32), u64> {
+        let tally = self.shared.tally();
+        tally
+            .hooks
+            .get(hook)
+            .and_then(|h| h.attempts.clone())
+            .unwrap_or_default()
+    }
+
+    /// The counters so far, with the latency samples of the webhooks `latency_of`.
+    pub fn snapshot(&self, latency_of: &[usize]) -> Snapshot {
         let tally = self.shared.tally();
         let distinct: u64 = tally.hooks.iter().map(|h| h.seen.len() as u64).sum();
         Snapshot {
@@ -179,7 +223,11 @@ impl Receiver {
                 tally.body_bytes as f64 / distinct as f64
             },
             malformed: tally.malformed,
-            latencies_us: tally.latencies_us.clone(),
+            latencies_us: latency_of
+                .iter()
+                .filter_map(|&i| tally.hooks.get(i))
+                .flat_map(|h| h.latencies_us.iter().copied())
+                .collect(),
         }
     }
 
@@ -207,6 +255,28 @@ async fn handle(
     let Some(&behavior) = shared.behaviors.get(index) else {
         return StatusCode::NOT_FOUND;
     };
+    let attempt = headers
+        .get("x-webhookd-attempt")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(1);
+    {
+        let mut tally = shared.tally();
+        if let Some(hook) = tally.hooks.get_mut(index) {
+            hook.requests += 1;
+            if let Some(attempts) = &mut hook.attempts {
+                if let Some(delivery) = headers
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(delivery_uuid)
+                {
+                    attempts
+                        .entry((delivery, attempt))
+                        .or_insert_with(unix_micros);
+                }
+            }
+        }
+    }
     match behavior {
         Behavior::Healthy => {}
         Behavior::Hold => {
@@ -226,11 +296,6 @@ async fn handle(
             fail_ratio,
             always_ok_from,
         } => {
-            let attempt = headers
-                .get("x-webhookd-attempt")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u32>().ok())
-                .unwrap_or(1);
             if attempt < always_ok_from && rand::thread_rng().gen_bool(fail_ratio) {
                 let mut tally = shared.tally();
                 tally.requests += 1;
@@ -238,11 +303,20 @@ async fn handle(
                 return StatusCode::INTERNAL_SERVER_ERROR;
             }
         }
+        Behavior::Slow { delay, fail } => {
+            tokio::select! {
+                _ = shared.release.cancelled() => return StatusCode::SERVICE_UNAVAILABLE,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            if fail {
+                let mut tally = shared.tally();
+                tally.requests += 1;
+                tally.failed_on_purpose += 1;
+                return StatusCode::INTERNAL_SERVER_ERROR;
+            }
+        }
     }
-    let now_us = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or_default();
+    let now_us = unix_micros();
     let received = Instant::now();
     let id = headers
         .get("webhook-id")
@@ -264,12 +338,17 @@ async fn handle(
     }
     hook.first.get_or_insert(received);
     hook.last = Some(received);
-    tally.body_bytes += body.len() as u64;
     match sent_at_us {
-        Some(sent) => tally.latencies_us.push(now_us.saturating_sub(sent)),
+        Some(sent) => hook.latencies_us.push(now_us.saturating_sub(sent)),
         None => tally.malformed += 1,
     }
+    tally.body_bytes += body.len() as u64;
     StatusCode::OK
+}
+
+/// The delivery id of a `webhook-id` header (`msg_<32 hex digits>`), as the log's `delivery_id`.
+pub fn delivery_uuid(header: &str) -> Option<uuid::Uuid> {
+    uuid::Uuid::parse_str(header.strip_prefix("msg_")?).ok()
 }
 
 /// `project.sent_at_us` of a delivered body (the Label Studio body of the benchmark's events).
@@ -287,5 +366,13 @@ mod tests {
         let body = br#"{"action": "PROJECT_DELETED", "project": {"id": 3, "sent_at_us": 1700000000000000}}"#;
         assert_eq!(sent_at_us(body), Some(1_700_000_000_000_000));
         assert_eq!(sent_at_us(b"{}"), None);
+    }
+
+    #[test]
+    fn a_webhook_id_names_its_delivery() {
+        let id = uuid::Uuid::new_v4();
+        assert_eq!(delivery_uuid(&format!("msg_{}", id.simple())), Some(id));
+        assert_eq!(delivery_uuid("msg_load_1_2"), None);
+        assert_eq!(delivery_uuid(&id.simple().to_string()), None);
     }
 }

@@ -27,24 +27,29 @@ pub struct Percentiles {
 
 impl Percentiles {
     /// From samples in microseconds; `None` without samples.
-    pub fn of_micros(mut us: Vec<u64>) -> Option<Self> {
-        if us.is_empty() {
+    pub fn of_micros(us: Vec<u64>) -> Option<Self> {
+        Self::of_millis(us.into_iter().map(|v| v as f64 / 1000.0).collect())
+    }
+
+    /// From samples in milliseconds, which may be negative (a retry made before it was due); `None`
+    /// without samples.
+    pub fn of_millis(mut ms: Vec<f64>) -> Option<Self> {
+        if ms.is_empty() {
             return None;
         }
-        us.sort_unstable();
-        let n = us.len();
+        ms.sort_unstable_by(f64::total_cmp);
+        let n = ms.len();
         let rank = |p: f64| {
             let i = ((p / 100.0) * n as f64).ceil() as usize;
-            us[i.clamp(1, n) - 1] as f64 / 1000.0
+            ms[i.clamp(1, n) - 1]
         };
-        let sum: u128 = us.iter().map(|&v| v as u128).sum();
         Some(Self {
             samples: n,
             p50: rank(50.0),
             p90: rank(90.0),
             p99: rank(99.0),
-            max: us[n - 1] as f64 / 1000.0,
-            mean: sum as f64 / n as f64 / 1000.0,
+            max: ms[n - 1],
+            mean: ms.iter().sum::<f64>() / n as f64,
         })
     }
 
@@ -151,6 +156,13 @@ mod tests {
         let one = Percentiles::of_micros(vec![1500]).unwrap();
         assert_eq!((one.p50, one.p99), (1.5, 1.5));
         assert!(Percentiles::of_micros(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn percentiles_of_signed_milliseconds_keep_their_sign() {
+        let p = Percentiles::of_millis(vec![3.0, -20.0, 1.0, -5.0]).unwrap();
+        assert_eq!((p.p50, p.p99, p.max), (-5.0, 3.0, 3.0));
+        assert_eq!(p.mean, -5.25);
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! The scenarios, at two scales, and how each is reported.
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
 use crate::limits;
 use crate::receiver::Behavior;
 use crate::report::{num, round, Table};
-use crate::world::{self, RunResult, RunSpec};
+use crate::world::{self, RunResult, RunSpec, Stream, MEASURED_ORGANIZATION};
 use crate::BoxError;
 
 /// The sizes of every scenario.
@@ -27,10 +28,16 @@ pub struct Scale {
     pub fanout_hooks: usize,
     /// Events of each `slow-endpoint` run (ten webhooks).
     pub slow_events: u64,
-    /// Times `slow-endpoint` runs each of its two configurations, alternately.
-    pub slow_pairs: usize,
+    /// Times `slow-endpoint` and `noisy-neighbour` run each of their two configurations, alternately.
+    pub pairs: usize,
     /// Events of `failing-endpoint` (one webhook).
     pub failing_events: u64,
+    /// `noisy-neighbour`: organization B's publishing rate, events per second (each to its 5 webhooks).
+    pub noisy_b_rate: f64,
+    /// `noisy-neighbour`: organization A's publishing rate, events per second (each to its 10 webhooks).
+    pub noisy_a_rate: f64,
+    /// `noisy-neighbour`: how long both publish.
+    pub noisy_secs: f64,
     /// Length of each `limits` measurement.
     pub limits_secs: f64,
     /// Concurrent requests of the HTTP load generator.
@@ -52,8 +59,11 @@ impl Scale {
             fanout_events: 1_000,
             fanout_hooks: 100,
             slow_events: 20_000,
-            slow_pairs: 1,
+            pairs: 1,
             failing_events: 10_000,
+            noisy_b_rate: 100.0,
+            noisy_a_rate: 30.0,
+            noisy_secs: 20.0,
             limits_secs: 5.0,
             http_concurrency: 64,
             publishers: 2,
@@ -71,8 +81,11 @@ impl Scale {
             fanout_events: 20,
             fanout_hooks: 10,
             slow_events: 50,
-            slow_pairs: 1,
+            pairs: 1,
             failing_events: 200,
+            noisy_b_rate: 50.0,
+            noisy_a_rate: 20.0,
+            noisy_secs: 2.0,
             limits_secs: 1.0,
             http_concurrency: 16,
             publishers: 2,
@@ -84,21 +97,27 @@ impl Scale {
         RunSpec {
             label: label.to_owned(),
             measured: (0..hooks.len()).collect(),
+            organizations: vec![MEASURED_ORGANIZATION; hooks.len()],
             hooks,
+            latency_of: None,
+            timed: None,
             events,
             rate: None,
             retry_schedule: None,
             worker_env: Vec::new(),
             publishers: self.publishers,
             window: self.window,
+            background: None,
         }
     }
 }
 
-/// A scenario's report: its table and its JSON line.
+/// A scenario's report: its table (and a summary of it, if any) and its JSON line.
 pub struct Report {
     /// For people.
     pub table: Table,
+    /// For people, after the table: what the runs add up to.
+    pub summary: Option<Table>,
     /// For programs.
     pub json: Value,
 }
@@ -204,7 +223,7 @@ pub async fn slow_endpoint(scale: &Scale, bin: &Path) -> Result<Report, BoxError
     healthy.measured = nine;
     healthy.worker_env = env;
     let mut runs = Vec::new();
-    for _ in 0..scale.slow_pairs {
+    for _ in 0..scale.pairs {
         runs.push(logged_run(&with_slow, bin).await?);
         runs.push(logged_run(&healthy, bin).await?);
     }
@@ -222,7 +241,7 @@ pub async fn slow_endpoint(scale: &Scale, bin: &Path) -> Result<Report, BoxError
         .map(|(w, h)| w / h.max(1e-9))
         .collect();
     let mut extra = Map::new();
-    extra.insert("pairs".into(), json!(scale.slow_pairs));
+    extra.insert("pairs".into(), json!(scale.pairs));
     extra.insert("nine_per_s_with_slow".into(), json!(round(median(with), 1)));
     extra.insert(
         "nine_per_s_all_healthy".into(),
@@ -242,7 +261,7 @@ pub async fn slow_endpoint(scale: &Scale, bin: &Path) -> Result<Report, BoxError
         scale,
         &format!(
             "{} events → 10 webhooks, the nine healthy ones measured (WEBHOOK_TIMEOUT=1.0), {} pair(s)",
-            scale.slow_events, scale.slow_pairs
+            scale.slow_events, scale.pairs
         ),
         &runs,
         json_runs,
@@ -302,6 +321,277 @@ pub async fn failing_endpoint(scale: &Scale, bin: &Path) -> Result<Report, BoxEr
     report
         .table
         .row("all delivered", vec![all_delivered.to_string()]);
+    Ok(report)
+}
+
+/// `noisy-neighbour`: the retry schedule of both organizations (four attempts within about 3.5 s).
+const NOISY_SCHEDULE: &str = "0.5,1,2";
+/// `noisy-neighbour`: organization A's webhooks answer after this long: within `WEBHOOK_TIMEOUT` (1.0 s),
+/// past the slow lane's threshold (0.5 s), so that all their attempts are made from the retry lane.
+const NOISY_DELAY: Duration = Duration::from_millis(900);
+/// `noisy-neighbour`: organization A.
+const NOISY_ORGANIZATION: i64 = 2;
+/// `noisy-neighbour`: B's webhooks, by index: four healthy ones, then the one that fails first attempts.
+const B_HEALTHY: usize = 4;
+/// `noisy-neighbour`: A's webhooks: this many answer 200 after `NOISY_DELAY`, as many 500.
+const A_EACH: usize = 5;
+
+/// One figure of `noisy-neighbour`'s comparison.
+struct Figure {
+    name: &'static str,
+    key: &'static str,
+    /// Is a larger value better (a rate), or a smaller (a latency)?
+    higher_is_better: bool,
+    /// Judged against the target (10 %), or only shown.
+    judged: bool,
+    value: fn(&RunResult) -> Option<f64>,
+}
+
+const NOISY_FIGURES: [Figure; 6] = [
+    Figure {
+        name: "B deliveries/s",
+        key: "deliveries_per_s",
+        higher_is_better: true,
+        judged: true,
+        value: |r| Some(r.per_s),
+    },
+    Figure {
+        name: "B latency p50 ms (4 healthy)",
+        key: "latency_p50_ms",
+        higher_is_better: false,
+        judged: true,
+        value: |r| r.latency.map(|l| l.p50),
+    },
+    Figure {
+        name: "B latency p99 ms (4 healthy)",
+        key: "latency_p99_ms",
+        higher_is_better: false,
+        judged: true,
+        value: |r| r.latency.map(|l| l.p99),
+    },
+    Figure {
+        name: "B retry lateness p50 ms",
+        key: "retry_lateness_p50_ms",
+        higher_is_better: false,
+        judged: true,
+        value: |r| r.punctuality.as_ref()?.lateness.map(|l| l.p50),
+    },
+    Figure {
+        name: "B retry lateness p99 ms",
+        key: "retry_lateness_p99_ms",
+        higher_is_better: false,
+        judged: true,
+        value: |r| r.punctuality.as_ref()?.lateness.map(|l| l.p99),
+    },
+    Figure {
+        name: "B retry lateness max ms",
+        key: "retry_lateness_max_ms",
+        higher_is_better: false,
+        judged: false,
+        value: |r| r.punctuality.as_ref()?.lateness.map(|l| l.max),
+    },
+];
+
+/// `noisy-neighbour`: organization B (4 healthy webhooks and one whose first attempts fail) at a fixed
+/// rate, alone and next to organization A (10 webhooks answering in 0.9 s, half of them 500), whose
+/// attempts overwhelm the retry lane. B's rate, latency and retry punctuality with A against alone.
+pub async fn noisy_neighbour(scale: &Scale, bin: &Path) -> Result<Report, BoxError> {
+    let events = (scale.noisy_b_rate * scale.noisy_secs).round() as u64;
+    let mut b_hooks = vec![Behavior::Healthy; B_HEALTHY];
+    // The first attempt of every delivery answered 500, the later ones 200: one retry each.
+    b_hooks.push(Behavior::Flaky {
+        fail_ratio: 1.0,
+        always_ok_from: 2,
+    });
+    let mut alone = scale.spec("B alone", b_hooks, events);
+    alone.rate = Some(scale.noisy_b_rate);
+    alone.latency_of = Some((0..B_HEALTHY).collect());
+    alone.timed = Some(B_HEALTHY);
+    alone.retry_schedule = Some(NOISY_SCHEDULE.to_owned());
+    alone.worker_env = vec![
+        ("WEBHOOK_TIMEOUT", "1.0".to_owned()),
+        // A's failing webhooks stay on (by default 50 failures in a row would turn them off).
+        ("WEBHOOK_MAX_CONSECUTIVE_FAILURES", "0".to_owned()),
+    ];
+    let mut with = alone.clone();
+    with.label = "B with A".to_owned();
+    for fail in [false, true] {
+        for _ in 0..A_EACH {
+            with.hooks.push(Behavior::Slow {
+                delay: NOISY_DELAY,
+                fail,
+            });
+            with.organizations.push(NOISY_ORGANIZATION);
+        }
+    }
+    let a_events = (scale.noisy_a_rate * scale.noisy_secs).round() as u64;
+    with.background = Some(Stream {
+        organization: NOISY_ORGANIZATION,
+        events: a_events,
+        rate: scale.noisy_a_rate,
+    });
+
+    let mut runs = Vec::new();
+    for _ in 0..scale.pairs {
+        runs.push(logged_run(&alone, bin).await?);
+        runs.push(logged_run(&with, bin).await?);
+    }
+    let (alone_runs, with_runs): (Vec<&RunResult>, Vec<&RunResult>) = (
+        runs.iter().step_by(2).collect(),
+        runs.iter().skip(1).step_by(2).collect(),
+    );
+    for r in &runs {
+        if let Some(p) = &r.punctuality {
+            if p.timed < events {
+                return Err(format!(
+                    "run {:?}: the next attempt of only {} of the failing webhook's {events} deliveries \
+                     was timed ({} failed attempts with a next attempt due)",
+                    r.label, p.timed, p.retries
+                )
+                .into());
+            }
+        }
+    }
+
+    let mut summary = Table::new(
+        format!(
+            "noisy-neighbour ({} scale): medians of {} pair(s); the ratio and the difference are the \
+             medians of each pair's",
+            scale.name, scale.pairs
+        ),
+        [
+            "B alone",
+            "B with A",
+            "with / alone, per pair",
+            "with − alone, per pair",
+            "within 10 %",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    );
+    let mut comparison = Map::new();
+    let mut medians_alone = Map::new();
+    let mut medians_with = Map::new();
+    for figure in &NOISY_FIGURES {
+        let of = |rs: &[&RunResult]| -> Option<f64> {
+            let values: Vec<f64> = rs.iter().filter_map(|r| (figure.value)(r)).collect();
+            (!values.is_empty()).then(|| median(values))
+        };
+        let (a, w) = (of(&alone_runs), of(&with_runs));
+        let pairs: Vec<(f64, f64)> = alone_runs
+            .iter()
+            .zip(&with_runs)
+            .filter_map(|(a, w)| Some(((figure.value)(a)?, (figure.value)(w)?)))
+            .collect();
+        // A ratio only against a positive base: lateness may be negative (early).
+        let ratios: Vec<f64> = pairs
+            .iter()
+            .filter(|(a, _)| *a > 0.0)
+            .map(|(a, w)| w / a)
+            .collect();
+        // Rounded as shown, so that the verdict agrees with the figure printed beside it.
+        let ratio = (!ratios.is_empty()).then(|| round(median(ratios.clone()), 3));
+        let difference =
+            (!pairs.is_empty()).then(|| median(pairs.iter().map(|(a, w)| w - a).collect()));
+        let within = match (figure.judged, ratio) {
+            (false, _) | (_, None) => None,
+            (true, Some(r)) if figure.higher_is_better => Some(r >= 0.9),
+            (true, Some(r)) => Some(r <= 1.1),
+        };
+        let digits = if figure.higher_is_better { 0 } else { 1 };
+        summary.row(
+            figure.name,
+            vec![
+                num(a, digits),
+                num(w, digits),
+                num(ratio, 3),
+                difference
+                    .map(|d| format!("{d:+.1}"))
+                    .unwrap_or_else(|| "-".to_owned()),
+                match within {
+                    Some(true) => "yes".to_owned(),
+                    Some(false) => "no".to_owned(),
+                    None => "-".to_owned(),
+                },
+            ],
+        );
+        medians_alone.insert(figure.key.into(), json!(a.map(|v| round(v, 2))));
+        medians_with.insert(figure.key.into(), json!(w.map(|v| round(v, 2))));
+        comparison.insert(
+            figure.key.into(),
+            json!({
+                "with_over_alone": ratio.map(|v| round(v, 3)),
+                "ratio_of_each_pair": ratios.iter().map(|v| round(*v, 3)).collect::<Vec<_>>(),
+                "difference": difference.map(|v| round(v, 2)),
+                "within_10_percent": within,
+            }),
+        );
+    }
+    let a_requests_per_s: Vec<f64> = with_runs
+        .iter()
+        .filter_map(|r| r.background.map(|b| b.requests as f64 / r.wall_s.max(1e-9)))
+        .collect();
+    let a_first_attempts_per_s = scale.noisy_a_rate * (2 * A_EACH) as f64;
+    summary.row(
+        "A: first attempts offered/s; HTTP requests/s made",
+        vec![
+            "-".to_owned(),
+            format!(
+                "{:.0}; {}",
+                a_first_attempts_per_s,
+                num(
+                    (!a_requests_per_s.is_empty()).then(|| median(a_requests_per_s.clone())),
+                    0
+                )
+            ),
+            String::new(),
+            String::new(),
+            String::new(),
+        ],
+    );
+
+    let mut extra = Map::new();
+    extra.insert("pairs".into(), json!(scale.pairs));
+    extra.insert("b_rate_per_s".into(), json!(scale.noisy_b_rate));
+    extra.insert("a_rate_per_s".into(), json!(scale.noisy_a_rate));
+    extra.insert("seconds".into(), json!(scale.noisy_secs));
+    extra.insert("retry_schedule".into(), json!(NOISY_SCHEDULE));
+    extra.insert(
+        "a_first_attempts_offered_per_s".into(),
+        json!(a_first_attempts_per_s),
+    );
+    extra.insert(
+        "a_http_requests_per_s".into(),
+        json!((!a_requests_per_s.is_empty()).then(|| round(median(a_requests_per_s), 1))),
+    );
+    extra.insert("b_alone".into(), Value::Object(medians_alone));
+    extra.insert("b_with_a".into(), Value::Object(medians_with));
+    extra.insert("comparison".into(), Value::Object(comparison));
+    let json_runs = runs.iter().map(RunResult::to_json).collect();
+    let mut report = multi(
+        "noisy-neighbour",
+        scale,
+        &format!(
+            "B (organization 1): {} events at {} ev/s → 4 healthy webhooks + 1 failing first attempts; \
+             A (organization 2, 'with A' only): {a_events} events at {} ev/s → 10 webhooks answering in \
+             {:.1} s, 5 of them 500; WEBHOOK_RETRY_SCHEDULE={NOISY_SCHEDULE}, WEBHOOK_TIMEOUT=1.0; \
+             latency of B's 4 healthy webhooks; {} pair(s)",
+            events,
+            scale.noisy_b_rate,
+            scale.noisy_a_rate,
+            NOISY_DELAY.as_secs_f64(),
+            scale.pairs
+        ),
+        &runs,
+        json_runs,
+        extra,
+    );
+    // The headline figures are B's in the (first) run with A.
+    if let (Some(obj), Some(first_with)) = (report.json.as_object_mut(), with_runs.first()) {
+        obj.insert("deliveries".into(), json!(first_with.deliveries));
+        obj.insert("expected_deliveries".into(), json!(first_with.expected));
+    }
+    report.summary = Some(summary);
     Ok(report)
 }
 
@@ -377,7 +667,11 @@ pub async fn limits(scale: &Scale) -> Result<Report, BoxError> {
         "http": http.to_json(),
         "amqp": amqp.iter().map(limits::AmqpLimit::to_json).collect::<Vec<_>>(),
     });
-    Ok(Report { table, json })
+    Ok(Report {
+        table,
+        summary: None,
+        json,
+    })
 }
 
 async fn logged_run(spec: &RunSpec, bin: &Path) -> Result<RunResult, BoxError> {
@@ -391,6 +685,16 @@ async fn logged_run(spec: &RunSpec, bin: &Path) -> Result<RunResult, BoxError> {
             .map(|r| format!(" at {r} ev/s"))
             .unwrap_or_default()
     );
+    if let Some(b) = &spec.background {
+        eprintln!(
+            "bench: run {:?}: and, unmeasured, {} events of organization {} at {} ev/s → its {} webhooks",
+            spec.label,
+            b.events,
+            b.organization,
+            b.rate,
+            spec.hooks_of(b.organization).len()
+        );
+    }
     let run = world::run(spec, bin)
         .await
         .map_err(|e| format!("run {:?}: {e}", spec.label))?;
@@ -426,6 +730,7 @@ fn single(
     );
     Report {
         table,
+        summary: None,
         json: Value::Object(m),
     }
 }
@@ -462,6 +767,7 @@ fn multi(
     m.insert("runs".into(), Value::Array(json_runs));
     Report {
         table: run_table(&format!("{scenario} ({} scale): {what}", scale.name), runs),
+        summary: None,
         json: Value::Object(m),
     }
 }
@@ -492,6 +798,9 @@ fn run_table(title: &str, runs: &[RunResult]) -> Table {
     row("worker peak RSS, MiB", &|r| num(r.peak_rss_mib, 1));
     row("worker peak open fds (0.5 s samples)", &|r| {
         r.peak_fds.to_string()
+    });
+    row("retry queue: messages ready, peak / mean (0.5 s)", &|r| {
+        format!("{} / {:.1}", r.retry_queue_ready.0, r.retry_queue_ready.1)
     });
     row("worker CPU during the run, s", &|r| num(r.worker_cpu_s, 2));
     row("worker CPU at start-up, s", &|r| {
@@ -537,6 +846,34 @@ fn run_table(title: &str, runs: &[RunResult]) -> Table {
     row("mean body bytes", &|r| {
         num(Some(r.receiver.mean_body_bytes), 0)
     });
+    if runs.iter().any(|r| r.punctuality.is_some()) {
+        row("timed retries: next attempt received / due", &|r| {
+            r.punctuality
+                .as_ref()
+                .map(|p| format!("{} / {}", p.timed, p.retries))
+                .unwrap_or_else(|| "-".to_owned())
+        });
+        row("retry lateness p50 / p99 / max ms", &|r| match r
+            .punctuality
+            .as_ref()
+            .and_then(|p| p.lateness)
+        {
+            Some(l) => format!("{:.1} / {:.1} / {:.1}", l.p50, l.p99, l.max),
+            None => "-".to_owned(),
+        });
+    }
+    if runs.iter().any(|r| r.background.is_some()) {
+        row("unmeasured stream: events confirmed", &|r| {
+            r.background
+                .map(|b| b.published.events.to_string())
+                .unwrap_or_else(|| "-".to_owned())
+        });
+        row("unmeasured stream: its webhooks' HTTP requests", &|r| {
+            r.background
+                .map(|b| b.requests.to_string())
+                .unwrap_or_else(|| "-".to_owned())
+        });
+    }
     row("wall time (publish → all logged), s", &|r| {
         num(Some(r.wall_s), 2)
     });

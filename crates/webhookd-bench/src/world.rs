@@ -31,6 +31,9 @@ pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// No new delivery for this long means the run is stuck.
 const STALL: Duration = Duration::from_secs(60);
 
+/// The organization of the measured stream's events.
+pub const MEASURED_ORGANIZATION: i64 = 1;
+
 /// What one run does.
 #[derive(Debug, Clone)]
 pub struct RunSpec {
@@ -38,9 +41,16 @@ pub struct RunSpec {
     pub label: String,
     /// One webhook per entry, answered as it says.
     pub hooks: Vec<Behavior>,
+    /// The organization of each webhook, by index (as long as `hooks`). Every webhook subscribes to all
+    /// its organization's events.
+    pub organizations: Vec<i64>,
     /// The webhooks whose deliveries are waited for and measured.
     pub measured: Vec<usize>,
-    /// Events to publish.
+    /// The webhooks whose publish → receive latency is reported (`None`: every webhook).
+    pub latency_of: Option<Vec<usize>>,
+    /// A webhook whose retries are timed against when they were due (see [`Punctuality`]).
+    pub timed: Option<usize>,
+    /// Events to publish, for [`MEASURED_ORGANIZATION`].
     pub events: u64,
     /// Events per second, or `None` for as fast as possible.
     pub rate: Option<f64>,
@@ -52,6 +62,20 @@ pub struct RunSpec {
     pub publishers: usize,
     /// Unconfirmed publishes per channel.
     pub window: usize,
+    /// A second stream of events, for another organization, published at the same time and not waited
+    /// for: the run ends when the measured webhooks have everything, whatever this stream's backlog.
+    pub background: Option<Stream>,
+}
+
+/// An unmeasured stream of events.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stream {
+    /// The organization of its events.
+    pub organization: i64,
+    /// Events to publish.
+    pub events: u64,
+    /// Events per second.
+    pub rate: f64,
 }
 
 impl RunSpec {
@@ -59,6 +83,47 @@ impl RunSpec {
     pub fn expected(&self) -> u64 {
         self.events * self.measured.len() as u64
     }
+
+    /// The webhooks whose latency is reported.
+    pub fn latency_hooks(&self) -> Vec<usize> {
+        self.latency_of
+            .clone()
+            .unwrap_or_else(|| (0..self.hooks.len()).collect())
+    }
+
+    /// The webhooks of `organization`.
+    pub fn hooks_of(&self, organization: i64) -> Vec<usize> {
+        (0..self.hooks.len())
+            .filter(|&i| self.organizations.get(i) == Some(&organization))
+            .collect()
+    }
+}
+
+/// How late the retries of the timed webhook came: for each of its failed attempts with a next attempt
+/// due (`next_attempt_at` of the attempt's row in `delivery_attempts`), the wall time at which the receiver
+/// got that next attempt (same `webhook-id`, `x-webhookd-attempt` one higher) minus the due time. Negative
+/// when it came early: the delay ladder is accurate to 50 ms, and a task with less than that to wait is
+/// made at once. Attempts handed over to the slow lane are left out (their repeat is not a scheduled retry).
+#[derive(Debug, Clone)]
+pub struct Punctuality {
+    /// Failed attempts with a next attempt due.
+    pub retries: u64,
+    /// Of them, those whose next attempt the receiver got.
+    pub timed: u64,
+    /// Lateness, milliseconds.
+    pub lateness: Option<Percentiles>,
+}
+
+/// What the unmeasured stream did during the run.
+#[derive(Debug, Clone, Copy)]
+pub struct BackgroundResult {
+    /// Its organization.
+    pub organization: i64,
+    /// Its events confirmed by the broker.
+    pub published: Published,
+    /// HTTP requests its organization's webhooks received from the first publish until the measured
+    /// webhooks had everything.
+    pub requests: u64,
 }
 
 /// What one run measured.
@@ -94,10 +159,17 @@ pub struct RunResult {
     pub worker_startup_cpu_s: Option<f64>,
     /// Most file descriptors the worker had open (sampled every 0.5 s).
     pub peak_fds: usize,
+    /// Messages ready in the retry queue (waiting for a worker's consumer window), sampled every 0.5 s:
+    /// the largest and the mean.
+    pub retry_queue_ready: (u32, f64),
     /// CPU seconds of PostgreSQL, RabbitMQ and the bench during the run.
     pub services: Services,
     /// From the first publish until everything was logged.
     pub wall_s: f64,
+    /// The timed webhook's retries, if the spec names one.
+    pub punctuality: Option<Punctuality>,
+    /// The unmeasured stream, if the spec has one.
+    pub background: Option<BackgroundResult>,
 }
 
 impl RunResult {
@@ -125,7 +197,7 @@ impl RunResult {
 
     /// The run as JSON.
     pub fn to_json(&self) -> Value {
-        json!({
+        let mut value = json!({
             "label": self.label,
             "events": self.events,
             "deliveries": self.deliveries,
@@ -141,6 +213,8 @@ impl RunResult {
             "worker_startup_cpu_s": self.worker_startup_cpu_s.map(|v| round(v, 2)),
             "cpu_s_per_10k": self.cpu_s_per_10k().map(|v| round(v, 3)),
             "worker_peak_open_fds": self.peak_fds,
+            "retry_queue_ready_peak": self.retry_queue_ready.0,
+            "retry_queue_ready_mean": round(self.retry_queue_ready.1, 1),
             "postgres_cpu_s": round(self.services.postgres, 2),
             "rabbitmq_cpu_s": round(self.services.rabbitmq, 2),
             "bench_cpu_s": round(self.services.bench, 2),
@@ -156,7 +230,32 @@ impl RunResult {
             "attempts_failed": self.attempts("failed"),
             "attempts_dead": self.attempts("dead"),
             "wall_s": round(self.wall_s, 3),
-        })
+        });
+        if let Some(obj) = value.as_object_mut() {
+            if let Some(p) = &self.punctuality {
+                obj.insert(
+                    "retry_lateness_ms".into(),
+                    json!({
+                        "retries": p.retries,
+                        "timed": p.timed,
+                        "lateness": p.lateness.map(Percentiles::to_json),
+                    }),
+                );
+            }
+            if let Some(b) = &self.background {
+                obj.insert(
+                    "background".into(),
+                    json!({
+                        "organization": b.organization,
+                        "events": b.published.events,
+                        "publish_s": round(b.published.seconds, 3),
+                        "http_requests": b.requests,
+                        "http_requests_per_s": round(b.requests as f64 / self.wall_s.max(1e-9), 1),
+                    }),
+                );
+            }
+        }
+        value
     }
 }
 
@@ -203,6 +302,50 @@ pub async fn run(spec: &RunSpec, worker_bin: &Path) -> Result<RunResult, BoxErro
         (Err(e), Ok(())) => Err(e),
         (Err(e), Err(c)) => Err(format!("{e} (and clean-up failed: {c})").into()),
     }
+}
+
+/// The timed webhook's retries against their due times (see [`Punctuality`]). The failed rows of at least
+/// `deliveries` deliveries are waited for (up to 10 s): each delivery's first attempt failed.
+async fn punctuality(
+    client: &tokio_postgres::Client,
+    receiver: &Receiver,
+    webhook_id: i64,
+    hook: usize,
+    deliveries: u64,
+) -> Result<Punctuality, BoxError> {
+    let since = Instant::now();
+    let rows = loop {
+        let rows = client
+            .query(
+                "SELECT delivery_id, attempt,
+                        (extract(epoch FROM next_attempt_at) * 1000000)::int8
+                   FROM delivery_attempts
+                  WHERE webhook_id = $1 AND outcome = 'failed' AND next_attempt_at IS NOT NULL
+                    AND coalesce(error, '') NOT LIKE '%handed over to the slow lane%'",
+                &[&webhook_id],
+            )
+            .await?;
+        if rows.len() as u64 >= deliveries || since.elapsed() > Duration::from_secs(10) {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let arrivals = receiver.attempt_times(hook);
+    let mut lateness_ms = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let delivery: uuid::Uuid = row.try_get(0)?;
+        let attempt: i32 = row.try_get(1)?;
+        let due_us: i64 = row.try_get(2)?;
+        let next = u32::try_from(attempt).unwrap_or(0).saturating_add(1);
+        if let Some(&arrived_us) = arrivals.get(&(delivery, next)) {
+            lateness_ms.push((arrived_us as i64 - due_us) as f64 / 1000.0);
+        }
+    }
+    Ok(Punctuality {
+        retries: rows.len() as u64,
+        timed: lateness_ms.len() as u64,
+        lateness: Percentiles::of_millis(lateness_ms),
+    })
 }
 
 struct World {
@@ -253,15 +396,24 @@ impl World {
             )
             .into());
         }
+        if spec.organizations.len() != spec.hooks.len() {
+            return Err(format!(
+                "the spec gives {} organizations for {} webhooks",
+                spec.organizations.len(),
+                spec.hooks.len()
+            )
+            .into());
+        }
+        let timed: Vec<usize> = spec.timed.into_iter().collect();
         let receiver = self
             .receiver
-            .insert(Receiver::start(spec.hooks.clone()).await?);
+            .insert(Receiver::start_timing(spec.hooks.clone(), &timed).await?);
 
         let pool = database::pool(&self.database_url, 2)?;
         let mut client = pool.get().await?;
         let mut webhook_ids = Vec::with_capacity(spec.hooks.len());
-        for index in 0..spec.hooks.len() {
-            let new = NewWebhook::new(1, None, receiver.url(index));
+        for (index, &organization) in spec.organizations.iter().enumerate() {
+            let new = NewWebhook::new(organization, None, receiver.url(index));
             let (id, _secret) = webhooks::create_webhook(&mut client, &new).await?;
             webhook_ids.push(id);
         }
@@ -271,7 +423,7 @@ impl World {
             .filter_map(|&i| webhook_ids.get(i).copied())
             .collect();
 
-        let connection = self.connection.insert(
+        let connection: &Connection = self.connection.insert(
             webhookd_broker::connect(AMQP_URL, "webhookd-bench")
                 .await
                 .map_err(|e| format!("connecting to RabbitMQ: {e}"))?,
@@ -318,26 +470,66 @@ impl World {
         let plan = Plan {
             exchange: self.topology.exchange.clone(),
             tag: self.tag.clone(),
+            organization: MEASURED_ORGANIZATION,
             events: spec.events,
             rate: spec.rate,
             publishers: spec.publishers,
             window: spec.window,
         };
+        let background_plan = spec.background.map(|b| Plan {
+            exchange: self.topology.exchange.clone(),
+            tag: format!("{}-org{}", self.tag, b.organization),
+            organization: b.organization,
+            events: b.events,
+            rate: Some(b.rate),
+            publishers: 1,
+            window: spec.window,
+        });
+        let background_hooks = spec
+            .background
+            .map(|b| spec.hooks_of(b.organization))
+            .unwrap_or_default();
         let publish_time = spec.rate.map(|r| spec.events as f64 / r).unwrap_or(0.0);
         let deadline = Duration::from_secs_f64(120.0 + publish_time + expected as f64 * 0.01);
         let before = Services::sample();
         let worker_startup_cpu_s = procstat::cpu_seconds(pid);
         let t0 = Instant::now();
-        let publishing = publish::publish(connection, &plan);
+        let publishing = async {
+            let background = async {
+                match &background_plan {
+                    Some(p) => publish::publish(connection, p)
+                        .await
+                        .map(Some)
+                        .map_err(|e| format!("the unmeasured stream: {e}")),
+                    None => Ok(None),
+                }
+            };
+            let (main, background) = tokio::join!(publish::publish(connection, &plan), background);
+            Ok::<_, BoxError>((main?, background?))
+        };
         tokio::pin!(publishing);
         let mut published = None;
         let (mut seen, mut seen_at) = (0u64, Instant::now());
         let mut peak_fds = 0usize;
+        let retry_queue = self.topology.retry_queue();
+        let mut retry_ready: Vec<u32> = Vec::new();
         let mut ticks = 0u64;
         let progress = loop {
             ticks += 1;
             if ticks % 10 == 1 {
                 peak_fds = peak_fds.max(procstat::open_fds(pid).unwrap_or(0));
+                let queue = channel
+                    .queue_declare(
+                        retry_queue.as_str().into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(|e| format!("sampling the retry queue: {e}"))?;
+                retry_ready.push(queue.message_count());
             }
             tokio::select! {
                 r = &mut publishing, if published.is_none() => { published = Some(r?); }
@@ -373,7 +565,8 @@ impl World {
                 .into());
             }
         };
-        let published = published.ok_or("publishing did not finish")?;
+        let background_requests = receiver.requests(&background_hooks);
+        let (published, background_published) = published.ok_or("publishing did not finish")?;
 
         // Every received delivery must also be in the log as succeeded.
         let logged_since = Instant::now();
@@ -398,6 +591,16 @@ impl World {
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         let wall_s = t0.elapsed().as_secs_f64();
+        let punctuality = match spec.timed {
+            Some(hook) => {
+                let id = webhook_ids
+                    .get(hook)
+                    .copied()
+                    .ok_or_else(|| format!("the timed webhook {hook} does not exist"))?;
+                Some(punctuality(&client, receiver, id, hook, spec.events).await?)
+            }
+            None => None,
+        };
         // Costs, just before the worker is killed.
         let peak_rss_mib = procstat::peak_rss_mib(pid);
         let worker_cpu_s = procstat::cpu_seconds(pid)
@@ -416,7 +619,7 @@ impl World {
         drop(client);
         pool.close();
 
-        let snapshot = receiver.snapshot();
+        let snapshot = receiver.snapshot(&spec.latency_hooks());
         let seconds = match (progress.first, progress.last) {
             (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
             _ => 0.0,
@@ -441,8 +644,22 @@ impl World {
             worker_cpu_s,
             worker_startup_cpu_s,
             peak_fds,
+            retry_queue_ready: (
+                retry_ready.iter().copied().max().unwrap_or(0),
+                retry_ready.iter().map(|&n| f64::from(n)).sum::<f64>()
+                    / retry_ready.len().max(1) as f64,
+            ),
             services,
             wall_s,
+            punctuality,
+            background: background_published.map(|published| BackgroundResult {
+                organization: background_plan
+                    .as_ref()
+                    .map(|p| p.organization)
+                    .unwrap_or_default(),
+                published,
+                requests: background_requests,
+            }),
         })
     }
 
@@ -456,6 +673,9 @@ impl World {
             .env("WEBHOOKD_QUEUE_PREFIX", &self.topology.prefix)
             .env("WEBHOOK_RETRY_SCHEDULE", &self.schedule)
             .env("WEBHOOKD_ALLOWED_NETWORKS", "127.0.0.0/8")
+            // A port of its own for /metrics and /readyz, so that it never collides with another
+            // worker on this machine (another run's, or a test's).
+            .env("WEBHOOKD_OPS_LISTEN", "127.0.0.1:0")
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "warn")
             .envs(spec.worker_env.iter().map(|(k, v)| (*k, v.as_str())))

@@ -54,13 +54,15 @@ fn every_scenario_runs_at_tiny_scale_and_reports_every_delivery() {
     };
 
     // Tiny scale: 500 events → 1 webhook; 2 s at 100 and at 200 ev/s; 20 events × 10 webhooks;
-    // 50 events × the 9 healthy webhooks; 200 events to the failing webhook.
+    // 50 events × the 9 healthy webhooks; 200 events to the failing webhook; 2 s at 50 ev/s × B's 5
+    // webhooks.
     for (scenario, deliveries) in [
         ("throughput", 500),
         ("latency", 600),
         ("fanout", 200),
         ("slow-endpoint", 450),
         ("failing-endpoint", 200),
+        ("noisy-neighbour", 500),
     ] {
         let l = line(scenario);
         assert_eq!(l["scale"], "tiny");
@@ -88,6 +90,40 @@ fn every_scenario_runs_at_tiny_scale_and_reports_every_delivery() {
     assert_eq!(failing["all_delivered"], true, "{failing}");
     assert_eq!(failing["logged"], 200, "{failing}");
     assert!(failing["http_500s"].as_u64().unwrap_or(0) > 0, "{failing}");
+
+    let noisy = line("noisy-neighbour");
+    let runs = noisy["runs"].as_array().expect("noisy-neighbour runs");
+    assert_eq!(runs.len(), 2, "{noisy}");
+    for run in runs {
+        assert_eq!(run["deliveries"], 500, "{run}");
+        assert_eq!(run["logged"], 500, "{run}");
+        // Latency of B's 4 healthy webhooks only: one sample per event each.
+        assert_eq!(run["latency_ms"]["samples"], 400, "{run}");
+        // Every delivery to B's failing webhook was retried once, and the retry timed.
+        assert_eq!(run["retry_lateness_ms"]["timed"], 100, "{run}");
+        assert!(
+            run["retry_lateness_ms"]["lateness"]["p99"].is_number(),
+            "{run}"
+        );
+    }
+    assert!(runs[0]["background"].is_null(), "B alone: {noisy}");
+    assert_eq!(runs[1]["background"]["events"], 40, "B with A: {noisy}");
+    assert!(
+        runs[1]["background"]["http_requests"].as_u64().unwrap_or(0) > 0,
+        "A's webhooks were called: {noisy}"
+    );
+    for figure in [
+        "deliveries_per_s",
+        "latency_p50_ms",
+        "latency_p99_ms",
+        "retry_lateness_p50_ms",
+        "retry_lateness_p99_ms",
+    ] {
+        let c = &noisy["comparison"][figure];
+        assert!(c["difference"].is_number(), "{figure}: {noisy}");
+        assert!(noisy["b_alone"][figure].is_number(), "{figure}: {noisy}");
+        assert!(noisy["b_with_a"][figure].is_number(), "{figure}: {noisy}");
+    }
 
     let limits = line("limits");
     for figure in [
