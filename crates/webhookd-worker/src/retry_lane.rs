@@ -1,17 +1,22 @@
 //! The retry lane: the worker's retry slots (`WEBHOOKD_RETRY_PREFETCH` attempts from the retry queue at once),
 //! shared fairly between organizations, and between the webhooks of each.
 //!
-//! A due task takes a free slot at once. When every slot is busy, it waits for one only if its organization
-//! holds less than its fair share (the slots divided by the organizations with retries under way or waiting)
-//! and its webhook less than its share of that; freed slots go round-robin to the organizations waiting. A
-//! task over its share, or that has waited `max_wait`, is refused: the caller puts it back on the delay ladder
-//! (see `WebhookLimits::park`), so that it holds neither a slot nor, for long, its message. One organization's
-//! slow or failing receivers therefore cannot delay another organization's due retries by more than about one
-//! attempt's duration.
+//! A due task takes a free slot at once, but for the last few (the *reserve*, a sixteenth of the slots): those
+//! only go to an organization that holds less than its share would be if one more organization came, so that
+//! an organization with nothing under way finds a slot at once even while another fills the lane. When every
+//! slot is busy, a task waits for one only if its organization holds less than its fair share (the slots
+//! divided by the organizations with retries under way or waiting) and its webhook less than its share of
+//! that; freed slots go round-robin to the organizations waiting. A task over its share, or that has waited
+//! `max_wait`, is refused: the caller puts it back on the delay ladder, due when its organization is expected
+//! to have room (`park`), so that it holds neither a slot nor, for long, its message. One organization's slow
+//! or failing receivers therefore do not delay another organization's due retries (until the reserve is used
+//! up, and then by about one attempt's duration at most).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crate::webhook_limits::{MAX_PARK, MIN_PARK};
 
 use tokio::sync::oneshot;
 
@@ -35,6 +40,8 @@ struct Lane {
     /// Organizations with waiting tasks, in the order their turns come.
     turns: VecDeque<i64>,
     next_id: u64,
+    /// Until when each organization's parked tasks are booked (see `park`).
+    booked: HashMap<i64, Instant>,
 }
 
 struct Waiter {
@@ -46,6 +53,7 @@ struct Waiter {
 /// The retry slots of one worker.
 pub(crate) struct RetryLane {
     slots: usize,
+    reserve: usize,
     lane: Mutex<Lane>,
 }
 
@@ -64,8 +72,10 @@ impl Drop for LaneSlot {
 impl RetryLane {
     /// A lane of `slots` slots.
     pub(crate) fn new(slots: usize) -> Arc<Self> {
+        let slots = slots.max(1);
         Arc::new(Self {
-            slots: slots.max(1),
+            slots,
+            reserve: slots / 16 + usize::from((4..16).contains(&slots)),
             lane: Mutex::new(Lane {
                 free: slots.max(1),
                 ..Lane::default()
@@ -87,6 +97,10 @@ impl RetryLane {
         let (id, granted) = {
             let mut lane = self.lock();
             if lane.free > 0 && lane.turns.is_empty() {
+                if lane.free <= self.reserve && !lane.below_share_of_one_more(claimant, self.slots)
+                {
+                    return None;
+                }
                 lane.take(claimant);
                 return Some(self.slot(claimant));
             }
@@ -107,6 +121,23 @@ impl RetryLane {
             drop(lane);
             Some(self.slot(claimant))
         }
+    }
+
+    /// How long a task of `claimant` that was refused should wait before it is tried again: until after the
+    /// organization's tasks parked before it, each `average / share` apart (its attempts' average duration over
+    /// the slots it may expect), between [`MIN_PARK`] and [`MAX_PARK`]. Books its turn.
+    pub(crate) fn park(&self, claimant: Claimant, average: Duration) -> Duration {
+        let now = Instant::now();
+        let mut lane = self.lock();
+        let share = self.slots / lane.organizations(claimant).len().max(1);
+        let spacing = average / share.max(1) as u32;
+        if lane.booked.len() > 1024 {
+            lane.booked.retain(|_, until| *until > now);
+        }
+        let booked = lane.booked.entry(claimant.organization).or_insert(now);
+        let turn = (*booked).max(now) + spacing;
+        *booked = turn.min(now + MAX_PARK);
+        (turn - now).clamp(MIN_PARK, MAX_PARK)
     }
 
     fn slot(self: &Arc<Self>, claimant: Claimant) -> LaneSlot {
@@ -153,16 +184,7 @@ impl Lane {
     /// waiting for slots, itself included), and its webhook less than its share of the organization's (among
     /// the organization's webhooks holding or waiting for slots).
     fn within_share(&self, c: Claimant, slots: usize) -> bool {
-        let mut organizations: Vec<i64> = self
-            .held_by_org
-            .keys()
-            .chain(self.waiting.keys())
-            .copied()
-            .chain([c.organization])
-            .collect();
-        organizations.sort_unstable();
-        organizations.dedup();
-        let org_share = (slots / organizations.len()).max(1);
+        let org_share = (slots / self.organizations(c).len()).max(1);
         let mut webhooks: Vec<i64> = self
             .held_by_webhook
             .iter()
@@ -183,6 +205,27 @@ impl Lane {
         let org_held = self.held_by_org.get(&c.organization).copied().unwrap_or(0);
         let webhook_held = self.held_by_webhook.get(&c.webhook).map_or(0, |(_, n)| *n);
         org_held < org_share && webhook_held < webhook_share
+    }
+
+    /// The organizations holding or waiting for slots, and `c`'s.
+    fn organizations(&self, c: Claimant) -> Vec<i64> {
+        let mut organizations: Vec<i64> = self
+            .held_by_org
+            .keys()
+            .chain(self.waiting.keys())
+            .copied()
+            .chain([c.organization])
+            .collect();
+        organizations.sort_unstable();
+        organizations.dedup();
+        organizations
+    }
+
+    /// Whether `c`'s organization holds less than its share would be if one more organization came: only then
+    /// may it take a reserved slot.
+    fn below_share_of_one_more(&self, c: Claimant, slots: usize) -> bool {
+        let share = slots / (self.organizations(c).len() + 1);
+        self.held_by_org.get(&c.organization).copied().unwrap_or(0) < share
     }
 
     fn enqueue(&mut self, claimant: Claimant) -> (u64, oneshot::Receiver<()>) {
@@ -266,31 +309,58 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_organization_over_its_share_is_refused_and_another_waits_for_the_next_slot() {
+    async fn the_reserve_keeps_a_slot_for_an_organization_with_nothing_under_way() {
         let lane = RetryLane::new(4);
         let mut held: Vec<LaneSlot> = Vec::new();
-        for w in 0..4 {
+        for w in 0..3 {
             held.push(lane.admit(of(1, w), WAIT).await.unwrap());
         }
-        // Organization 2 is within its share (0 of 2): it waits, and gets the first slot given back.
+        assert!(
+            lane.admit(of(1, 3), WAIT).await.is_none(),
+            "the last slot is not for an organization that holds the others"
+        );
+        let _two = lane.admit(of(2, 9), Duration::ZERO).await;
+        assert!(_two.is_some(), "organization 2 finds a slot at once");
+        // Every slot busy. Organization 3 is within its share (0 of 1): it waits, and gets the first slot given
+        // back; organization 1, over its share, is refused at once.
         let waiting = tokio::spawn({
             let lane = lane.clone();
-            async move { lane.admit(of(2, 9), WAIT).await.is_some() }
+            async move { lane.admit(of(3, 7), WAIT).await.is_some() }
         });
         tokio::task::yield_now().await;
-        // Organization 1 holds 4, over its share of 2 while organization 2 waits: refused at once.
         assert!(lane.admit(of(1, 5), WAIT).await.is_none());
         held.pop();
-        assert!(waiting.await.unwrap(), "organization 2 got the freed slot");
+        assert!(waiting.await.unwrap(), "organization 3 got the freed slot");
+    }
+
+    #[test]
+    fn an_organizations_parked_tasks_are_spread_by_its_attempts_over_its_share() {
+        let lane = RetryLane::new(4);
+        let second = Duration::from_secs(1);
+        // Alone, the organization may expect the 4 slots: 250 ms apart.
+        let waits: Vec<u128> = (0..3)
+            .map(|_| lane.park(of(1, 1), second).as_millis())
+            .collect();
+        for (n, wait) in waits.iter().enumerate() {
+            let expected = 250 * (n as u128 + 1);
+            assert!((expected - 5..=expected).contains(wait), "{waits:?}");
+        }
+        assert!(
+            lane.park(of(2, 2), second).as_millis() >= 245,
+            "its own bookings"
+        );
+        assert_eq!(lane.park(of(3, 3), Duration::from_millis(1)), MIN_PARK);
     }
 
     #[tokio::test]
     async fn freed_slots_go_round_robin_between_the_organizations_waiting() {
         let lane = RetryLane::new(6);
         let mut held: Vec<LaneSlot> = Vec::new();
-        for w in 0..6 {
+        for w in 0..5 {
             held.push(lane.admit(of(9, w), WAIT).await.unwrap());
         }
+        // The reserved slot, to an organization with nothing under way.
+        held.push(lane.admit(of(8, 0), WAIT).await.unwrap());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for (org, webhook) in [(1, 10), (1, 11), (2, 20), (2, 21)] {
             let (lane, tx) = (lane.clone(), tx.clone());

@@ -108,6 +108,13 @@ impl WebhookLimits {
         }
     }
 
+    /// How long attempts to `webhook` have taken lately (what one not yet seen is expected to take).
+    pub(crate) fn average(&self, webhook: i64) -> Duration {
+        self.entries()
+            .get(&webhook)
+            .map_or(self.expected, |e| e.average)
+    }
+
     fn record(&self, webhook: i64, took: Duration) {
         if let Some(entry) = self.entries().get_mut(&webhook) {
             entry.average = entry.average.mul_f64(1.0 - SMOOTHING) + took.mul_f64(SMOOTHING);

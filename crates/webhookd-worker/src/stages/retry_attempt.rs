@@ -104,8 +104,9 @@ async fn retry_attempt(
         Ok(ready) => ready,
         Err(closed) => return *closed,
     };
-    let Some(_admitted) = admit(ctx, ready.webhook).await else {
-        return park(ctx, task);
+    let _admitted = match admit(ctx, ready.webhook).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return park(ctx, task, refused),
     };
     // Less than one ladder step left: wait it out here so that no attempt is ever early.
     tokio::time::sleep(task.remaining(now_ms())).await;
@@ -177,34 +178,49 @@ fn ready<'a>(
     Err(Box::new(abandon_event(event, task, reason)))
 }
 
+/// Why a task could not start now.
+enum Refused {
+    /// Its organization is over its share of the retry slots (or none freed up in time).
+    FairShare(Claimant),
+    /// Its webhook has its cap of attempts in flight.
+    WebhookCap,
+}
+
 /// A retry slot (waiting up to the attempt timeout, if the organization is within its share) and room at the
-/// webhook; `None` if the task should be parked.
-async fn admit(ctx: &WorkerContext, webhook: &Subscription) -> Option<Admitted> {
+/// webhook; or why the task should be parked.
+async fn admit(ctx: &WorkerContext, webhook: &Subscription) -> Result<Admitted, Refused> {
     let claimant = Claimant {
         organization: webhook.organization,
         webhook: webhook.id,
     };
-    let Some(slot) = ctx.retry_lane.admit(claimant, ctx.settings.timeout).await else {
-        webhookd_metrics::RETRY_TASKS_PARKED
-            .with_label_values(&["fair_share"])
-            .inc();
-        return None;
-    };
-    let Some(room) = ctx.webhook_limits.try_acquire(webhook.id) else {
-        webhookd_metrics::RETRY_TASKS_PARKED
-            .with_label_values(&["webhook_cap"])
-            .inc();
-        return None;
-    };
-    Some(Admitted {
+    let slot = ctx
+        .retry_lane
+        .admit(claimant, ctx.settings.timeout)
+        .await
+        .ok_or(Refused::FairShare(claimant))?;
+    let room = ctx
+        .webhook_limits
+        .try_acquire(webhook.id)
+        .ok_or(Refused::WebhookCap)?;
+    Ok(Admitted {
         _slot: slot,
         _room: room,
     })
 }
 
-/// The task again, due when its webhook is expected to have room.
-fn park(ctx: &WorkerContext, task: &RetryTask) -> RetryOutcome {
-    let wait = ctx.webhook_limits.park(task.webhook_id);
+/// The task again, due when its organization (over its share) or its webhook (at its cap) is expected to have
+/// room.
+fn park(ctx: &WorkerContext, task: &RetryTask, refused: Refused) -> RetryOutcome {
+    let (reason, wait) = match refused {
+        Refused::FairShare(claimant) => {
+            let average = ctx.webhook_limits.average(task.webhook_id);
+            ("fair_share", ctx.retry_lane.park(claimant, average))
+        }
+        Refused::WebhookCap => ("webhook_cap", ctx.webhook_limits.park(task.webhook_id)),
+    };
+    webhookd_metrics::RETRY_TASKS_PARKED
+        .with_label_values(&[reason])
+        .inc();
     RetryOutcome::Parked(RetryTask {
         due_at_ms: now_ms() + wait.as_millis() as i64,
         ..task.clone()
