@@ -60,6 +60,7 @@ enum Scenario {
     SlowEndpoint,
     FailingEndpoint,
     NoisyNeighbour,
+    Soak,
     Limits,
     All,
 }
@@ -70,13 +71,14 @@ enum ScaleArg {
     Full,
 }
 
-const ALL: [Scenario; 7] = [
+const ALL: [Scenario; 8] = [
     Scenario::Throughput,
     Scenario::Latency,
     Scenario::Fanout,
     Scenario::SlowEndpoint,
     Scenario::FailingEndpoint,
     Scenario::NoisyNeighbour,
+    Scenario::Soak,
     Scenario::Limits,
 ];
 
@@ -133,6 +135,7 @@ async fn run(cli: Cli) -> ExitCode {
             Scenario::SlowEndpoint => scenarios::slow_endpoint(&scale, bin).await,
             Scenario::FailingEndpoint => scenarios::failing_endpoint(&scale, bin).await,
             Scenario::NoisyNeighbour => scenarios::noisy_neighbour(&scale, bin).await,
+            Scenario::Soak => scenarios::soak(&scale, bin).await,
             Scenario::Limits => scenarios::limits(&scale).await,
             Scenario::All => continue,
         };
@@ -170,6 +173,7 @@ fn scenario_name(s: Scenario) -> &'static str {
         Scenario::SlowEndpoint => "slow-endpoint",
         Scenario::FailingEndpoint => "failing-endpoint",
         Scenario::NoisyNeighbour => "noisy-neighbour",
+        Scenario::Soak => "soak",
         Scenario::Limits => "limits",
         Scenario::All => "all",
     }

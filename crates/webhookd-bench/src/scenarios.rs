@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use crate::limits;
 use crate::receiver::Behavior;
 use crate::report::{num, round, Table};
-use crate::world::{self, RunResult, RunSpec, Stream, MEASURED_ORGANIZATION};
+use crate::world::{self, DiskSample, RunResult, RunSpec, Stream, MEASURED_ORGANIZATION};
 use crate::BoxError;
 
 /// The sizes of every scenario.
@@ -40,6 +40,14 @@ pub struct Scale {
     pub noisy_secs: f64,
     /// Length of each `limits` measurement.
     pub limits_secs: f64,
+    /// `soak`: events per second.
+    pub soak_rate: f64,
+    /// `soak`: how long it publishes.
+    pub soak_secs: f64,
+    /// `soak`: the retention window it sets (`WEBHOOKD_LOG_RETENTION_DAYS`, in seconds here).
+    pub soak_keep_secs: f64,
+    /// `soak`: how often it samples the database's size.
+    pub soak_sample_secs: f64,
     /// Concurrent requests of the HTTP load generator.
     pub http_concurrency: usize,
     /// Publishing channels.
@@ -65,6 +73,10 @@ impl Scale {
             noisy_a_rate: 30.0,
             noisy_secs: 20.0,
             limits_secs: 5.0,
+            soak_rate: 500.0,
+            soak_secs: 1800.0,
+            soak_keep_secs: 300.0,
+            soak_sample_secs: 30.0,
             http_concurrency: 64,
             publishers: 2,
             window: 500,
@@ -87,6 +99,11 @@ impl Scale {
             noisy_a_rate: 20.0,
             noisy_secs: 2.0,
             limits_secs: 1.0,
+            // Retention runs every 10 s at the least: the run outlasts one run after the start's.
+            soak_rate: 50.0,
+            soak_secs: 12.0,
+            soak_keep_secs: 2.0,
+            soak_sample_secs: 1.0,
             http_concurrency: 16,
             publishers: 2,
             window: 100,
@@ -108,6 +125,8 @@ impl Scale {
             publishers: self.publishers,
             window: self.window,
             background: None,
+            disk_every: None,
+            check_logged: true,
         }
     }
 }
@@ -273,6 +292,128 @@ pub async fn slow_endpoint(scale: &Scale, bin: &Path) -> Result<Report, BoxError
         obj.insert("expected_deliveries".into(), json!(runs[0].expected));
     }
     Ok(report)
+}
+
+/// `soak`: a long run at a steady rate with retention set to minutes; the database's size sampled over it must
+/// level off once retention runs (events and 1-minute delivery-log partitions past the window removed).
+pub async fn soak(scale: &Scale, bin: &Path) -> Result<Report, BoxError> {
+    let events = (scale.soak_rate * scale.soak_secs).round() as u64;
+    let mut spec = scale.spec(
+        &format!("{} ev/s for {} s", scale.soak_rate, scale.soak_secs),
+        vec![Behavior::Healthy],
+        events,
+    );
+    spec.rate = Some(scale.soak_rate);
+    spec.disk_every = Some(Duration::from_secs_f64(scale.soak_sample_secs));
+    spec.check_logged = false;
+    spec.worker_env = vec![
+        (
+            "WEBHOOKD_LOG_RETENTION_DAYS",
+            format!("{:.9}", scale.soak_keep_secs / 86_400.0),
+        ),
+        ("WEBHOOKD_LOG_PARTITION_MINUTES", "1".to_owned()),
+    ];
+    let run = logged_run(&spec, bin).await?;
+    let steady = steady_state(&run.disk, scale.soak_keep_secs);
+    let mut extra = Map::new();
+    extra.insert("rate_per_s".into(), json!(scale.soak_rate));
+    extra.insert("keep_s".into(), json!(scale.soak_keep_secs));
+    extra.insert(
+        "disk".into(),
+        json!(run
+            .disk
+            .iter()
+            .map(
+                |d| json!({"at_s": round(d.at_s, 1), "bytes": d.bytes, "events": d.events,
+                "attempts": d.attempts, "partitions": d.partitions})
+            )
+            .collect::<Vec<_>>()),
+    );
+    if let Some(s) = &steady {
+        extra.insert("steady_state".into(), s.to_json());
+    }
+    let mut report = single(
+        "soak",
+        scale,
+        &format!(
+            "{events} events at {} ev/s → 1 webhook, WEBHOOKD_LOG_RETENTION_DAYS = {} s, 1-minute partitions",
+            scale.soak_rate, scale.soak_keep_secs
+        ),
+        run.clone(),
+        extra,
+    );
+    let mut disk = Table::new(
+        "soak: the database over the run",
+        vec![
+            "database MiB".into(),
+            "events".into(),
+            "log rows".into(),
+            "partitions".into(),
+        ],
+    );
+    for d in &run.disk {
+        disk.row(
+            &format!("{:.0} s", d.at_s),
+            vec![
+                format!("{:.1}", d.bytes as f64 / 1048576.0),
+                d.events.to_string(),
+                d.attempts.to_string(),
+                d.partitions.to_string(),
+            ],
+        );
+    }
+    if let Some(s) = steady {
+        disk.row(
+            "steady state: growth, MiB per 10 min",
+            vec![format!("{:+.2}", s.growth_mib_per_10_min)],
+        );
+        disk.row(
+            "steady state: MiB per million events kept",
+            vec![format!("{:.0}", s.mib_per_million)],
+        );
+    }
+    report.summary = Some(disk);
+    Ok(report)
+}
+
+/// The soak's steady state: from twice the retention window on, once retention has removed what is older.
+struct SteadyState {
+    /// How much the database grew per 10 minutes over the steady state (least squares).
+    growth_mib_per_10_min: f64,
+    /// The database's size above its size before the run, per million events kept (events rows).
+    mib_per_million: f64,
+}
+
+impl SteadyState {
+    fn to_json(&self) -> Value {
+        json!({"growth_mib_per_10_min": round(self.growth_mib_per_10_min, 3),
+            "mib_per_million_events": round(self.mib_per_million, 1)})
+    }
+}
+
+fn steady_state(disk: &[DiskSample], keep_secs: f64) -> Option<SteadyState> {
+    let base = disk.first()?;
+    let steady: Vec<&DiskSample> = disk
+        .iter()
+        .filter(|d| d.at_s >= 2.0 * keep_secs + 60.0)
+        .collect();
+    if steady.len() < 3 {
+        return None;
+    }
+    let n = steady.len() as f64;
+    let mean_t = steady.iter().map(|d| d.at_s).sum::<f64>() / n;
+    let mean_b = steady.iter().map(|d| d.bytes as f64).sum::<f64>() / n;
+    let cov: f64 = steady
+        .iter()
+        .map(|d| (d.at_s - mean_t) * (d.bytes as f64 - mean_b))
+        .sum();
+    let var: f64 = steady.iter().map(|d| (d.at_s - mean_t).powi(2)).sum();
+    let slope = if var > 0.0 { cov / var } else { 0.0 };
+    let mean_events = steady.iter().map(|d| d.events as f64).sum::<f64>() / n;
+    Some(SteadyState {
+        growth_mib_per_10_min: slope * 600.0 / 1048576.0,
+        mib_per_million: (mean_b - base.bytes as f64) / 1048576.0 / (mean_events / 1e6).max(1e-9),
+    })
 }
 
 /// The failing endpoint's schedule: six attempts within about 3 s.

@@ -65,6 +65,25 @@ pub struct RunSpec {
     /// A second stream of events, for another organization, published at the same time and not waited
     /// for: the run ends when the measured webhooks have everything, whatever this stream's backlog.
     pub background: Option<Stream>,
+    /// Sample the database's size this often during the run (`soak`).
+    pub disk_every: Option<Duration>,
+    /// Whether every delivery must still be in the log at the end (not under a retention of minutes).
+    pub check_logged: bool,
+}
+
+/// The database's size at one moment of a run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DiskSample {
+    /// Seconds since publishing began.
+    pub at_s: f64,
+    /// `pg_database_size`.
+    pub bytes: i64,
+    /// Rows of `events`.
+    pub events: i64,
+    /// Rows of `delivery_attempts`.
+    pub attempts: i64,
+    /// Partitions of `delivery_attempts`.
+    pub partitions: i64,
 }
 
 /// An unmeasured stream of events.
@@ -170,6 +189,8 @@ pub struct RunResult {
     pub punctuality: Option<Punctuality>,
     /// The unmeasured stream, if the spec has one.
     pub background: Option<BackgroundResult>,
+    /// The database's size over the run (`disk_every`), the first sample before publishing.
+    pub disk: Vec<DiskSample>,
 }
 
 impl RunResult {
@@ -257,6 +278,27 @@ impl RunResult {
         }
         value
     }
+}
+
+/// The database's size and row counts now, `at_s` seconds into the run.
+async fn disk_sample(
+    client: &webhookd_store::PooledClient,
+    at_s: f64,
+) -> Result<DiskSample, BoxError> {
+    let row = client
+        .query_one(
+            "SELECT pg_database_size(current_database()), (SELECT count(*) FROM events),
+                    (SELECT count(*) FROM delivery_attempts), (SELECT count(*) FROM webhookd_log_partitions())",
+            &[],
+        )
+        .await?;
+    Ok(DiskSample {
+        at_s,
+        bytes: row.try_get(0)?,
+        events: row.try_get(1)?,
+        attempts: row.try_get(2)?,
+        partitions: row.try_get(3)?,
+    })
 }
 
 /// Runs `spec` against the worker binary `worker_bin`, cleaning up afterwards whatever happened.
@@ -494,6 +536,11 @@ impl World {
         let before = Services::sample();
         let worker_startup_cpu_s = procstat::cpu_seconds(pid);
         let t0 = Instant::now();
+        let mut disk = Vec::new();
+        let mut disk_due = t0;
+        if spec.disk_every.is_some() {
+            disk.push(disk_sample(&client, 0.0).await?);
+        }
         let publishing = async {
             let background = async {
                 match &background_plan {
@@ -535,6 +582,12 @@ impl World {
                 r = &mut publishing, if published.is_none() => { published = Some(r?); }
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
+            if let Some(every) = spec.disk_every {
+                if Instant::now() >= disk_due {
+                    disk_due += every;
+                    disk.push(disk_sample(&client, t0.elapsed().as_secs_f64()).await?);
+                }
+            }
             let p = receiver.progress(&spec.measured);
             if p.distinct >= expected && published.is_some() {
                 break p;
@@ -568,9 +621,12 @@ impl World {
         let background_requests = receiver.requests(&background_hooks);
         let (published, background_published) = published.ok_or("publishing did not finish")?;
 
-        // Every received delivery must also be in the log as succeeded.
+        // Every received delivery must also be in the log as succeeded (unless retention removes them).
         let logged_since = Instant::now();
         let logged = loop {
+            if !spec.check_logged {
+                break 0;
+            }
             let row = client
                 .query_one(
                     "SELECT count(DISTINCT delivery_id) FROM delivery_attempts
@@ -660,6 +716,7 @@ impl World {
                 published,
                 requests: background_requests,
             }),
+            disk,
         })
     }
 

@@ -63,6 +63,7 @@ fn every_scenario_runs_at_tiny_scale_and_reports_every_delivery() {
         ("slow-endpoint", 450),
         ("failing-endpoint", 200),
         ("noisy-neighbour", 500),
+        ("soak", 600),
     ] {
         let l = line(scenario);
         assert_eq!(l["scale"], "tiny");
@@ -124,6 +125,25 @@ fn every_scenario_runs_at_tiny_scale_and_reports_every_delivery() {
         assert!(noisy["b_alone"][figure].is_number(), "{figure}: {noisy}");
         assert!(noisy["b_with_a"][figure].is_number(), "{figure}: {noisy}");
     }
+
+    // Soak: the database sampled through the run; with a 2 s window, retention has deleted events by the end.
+    let soak = line("soak");
+    let disk = soak["disk"].as_array().expect("soak's disk samples");
+    assert!(disk.len() >= 5, "{soak}");
+    assert!(
+        disk.iter().all(|d| d["bytes"].as_i64().unwrap_or(0) > 0),
+        "{soak}"
+    );
+    let most_events = disk
+        .iter()
+        .filter_map(|d| d["events"].as_i64())
+        .max()
+        .unwrap_or(0);
+    let last_events = disk.last().and_then(|d| d["events"].as_i64()).unwrap_or(0);
+    assert!(
+        last_events < 600 && most_events > 0,
+        "retention removed events during the run: {soak}"
+    );
 
     let limits = line("limits");
     for figure in [
