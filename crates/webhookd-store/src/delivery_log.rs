@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Client;
 use uuid::Uuid;
+use webhookd_core::actions::{PING, UNKNOWN_ACTION};
 use webhookd_core::endpoint_health::{summarize, HealthSignal};
 use webhookd_core::{AttemptReport, DeliveryId, EventId};
 
@@ -495,9 +496,15 @@ pub async fn unsuccessful_deliveries(
                           WHERE webhook_id = $1 AND created_at >= $2
                           ORDER BY delivery_id, created_at DESC, id DESC) latest
           WHERE (outcome = 'dead' OR (outcome = 'failed' AND next_attempt_at < now() - interval '1 minute'))
-            AND action NOT IN ('PING', '')
+            AND action <> ALL($4)
           ORDER BY created_at, id LIMIT $3"
     );
-    let rows = client.query(&sql, &[&webhook_id, &since, &limit]).await?;
+    let not_redeliverable = [PING, UNKNOWN_ACTION];
+    let rows = client
+        .query(
+            &sql,
+            &[&webhook_id, &since, &limit, &&not_redeliverable[..]],
+        )
+        .await?;
     rows.iter().map(attempt_from_row).collect()
 }

@@ -94,53 +94,31 @@ impl Worker {
         )?;
         let cache = SubscriptionCache::default();
         cache.load_all(&pool).await?;
-        let background = CancellationToken::new();
-        tokio::spawn(keep_current(
-            cache.clone(),
-            pool.clone(),
-            settings.database_url.clone(),
-            background.clone(),
-        ));
         // The delivery log's partitions exist before anything is logged; retention keeps them ahead.
         {
             let client = pool.get().await.map_err(StoreError::from)?;
             let r = &settings.retention;
             retention::ensure_partitions(&**client, r.partitions_ahead(), r.partition_span).await?;
         }
-        tokio::spawn(keep_retention(
-            pool.clone(),
-            settings.retention,
-            background.clone(),
-        ));
         let claims = Batcher::spawn(
             ClaimWriter::new(claim_pool),
             CLAIMS,
             WriterProgress::new("event_claim"),
         );
+        let rule = DisableRule {
+            max_consecutive_failures: settings.max_consecutive_failures,
+            disable_after: settings.disable_after,
+        };
         let log = Batcher::spawn(
-            LogWriter::new(
-                pool.clone(),
-                DisableRule {
-                    max_consecutive_failures: settings.max_consecutive_failures,
-                    disable_after: settings.disable_after,
-                },
-            ),
+            LogWriter::new(pool.clone(), rule),
             LOG,
             WriterProgress::new("delivery_log"),
         );
-        tokio::spawn(run_replays(
-            pool.clone(),
-            Arc::new(settings.clone()),
-            background.clone(),
-        ));
-        let ctx = WorkerContext::new(settings, cache, pool, claims, log)?;
-        tokio::spawn(watch_writers(
-            ctx.writers(),
-            ctx.settings.stall_after,
-            background.clone(),
-        ));
+        let ctx = Arc::new(WorkerContext::new(settings, cache, pool, claims, log)?);
+        let background = CancellationToken::new();
+        spawn_background(&ctx, &background);
         Ok(Self {
-            ctx: Arc::new(ctx),
+            ctx,
             background,
             broker_ready: Arc::new(AtomicBool::new(false)),
         })
@@ -194,26 +172,15 @@ impl Worker {
     /// One broker connection: consume both queues until `shutdown` or a broker failure, then drain.
     async fn session(&self, shutdown: &CancellationToken) -> Result<(), WorkerError> {
         let settings = &self.ctx.settings;
-        let topology = &settings.topology;
-        let connection = webhookd_broker::connect(&settings.amqp_url, "webhookd-worker").await?;
-        let publisher = ConfirmedPublisher::open(&connection).await?;
-        topology.declare(publisher.channel()).await?;
-        let outbox = Outbox {
-            retries: RetryScheduler::spawn(
-                publisher.clone(),
-                topology.clone(),
-                self.ctx.retry_progress.clone(),
-            ),
-            publisher,
-        };
-        let (events_channel, mut events) =
-            consume(&connection, topology, QueueKind::Events, settings.prefetch).await?;
-        // Twice the retry slots: messages whose tasks all run hold at most the slots' worth of the window, so
-        // the broker can always hand over more, and other organizations' due tasks are seen.
-        let retry_window = settings.retry_prefetch.saturating_mul(2);
-        let (retries_channel, mut retries) =
-            consume(&connection, topology, QueueKind::Retries, retry_window).await?;
-        tracing::info!(queue = %topology.work_queue(), prefetch = settings.prefetch, "worker consuming");
+        let Opened {
+            connection,
+            outbox,
+            events_channel,
+            mut events,
+            retries_channel,
+            mut retries,
+        } = self.open().await?;
+        tracing::info!(queue = %settings.topology.work_queue(), prefetch = settings.prefetch, "worker consuming");
         webhookd_metrics::BROKER_CONNECTED.set(1);
         self.broker_ready.store(true, Ordering::Release);
 
@@ -262,6 +229,74 @@ impl Worker {
         close(connection).await;
         ended
     }
+}
+
+/// A broker session's connection, publisher and consumers.
+struct Opened {
+    connection: Connection,
+    outbox: Outbox,
+    events_channel: lapin::Channel,
+    events: lapin::Consumer,
+    retries_channel: lapin::Channel,
+    retries: lapin::Consumer,
+}
+
+impl Worker {
+    /// Connects, declares the topology, and starts consuming both queues.
+    async fn open(&self) -> Result<Opened, WorkerError> {
+        let settings = &self.ctx.settings;
+        let topology = &settings.topology;
+        let connection = webhookd_broker::connect(&settings.amqp_url, "webhookd-worker").await?;
+        let publisher = ConfirmedPublisher::open(&connection).await?;
+        topology.declare(publisher.channel()).await?;
+        let retries = RetryScheduler::spawn(
+            publisher.clone(),
+            topology.clone(),
+            self.ctx.retry_progress.clone(),
+        );
+        let (events_channel, events) =
+            consume(&connection, topology, QueueKind::Events, settings.prefetch).await?;
+        // Twice the retry slots: messages whose tasks all run hold at most the slots' worth of the window, so
+        // the broker can always hand over more, and other organizations' due tasks are seen.
+        let retry_window = settings.retry_prefetch.saturating_mul(2);
+        let (retries_channel, retry_messages) =
+            consume(&connection, topology, QueueKind::Retries, retry_window).await?;
+        Ok(Opened {
+            connection,
+            outbox: Outbox { publisher, retries },
+            events_channel,
+            events,
+            retries_channel,
+            retries: retry_messages,
+        })
+    }
+}
+
+/// The tasks that run beside the consumers until `stop`: the subscription cache's listener, retention, the
+/// replay runner, and the writers' stall signal.
+fn spawn_background(ctx: &Arc<WorkerContext>, stop: &CancellationToken) {
+    let settings = &ctx.settings;
+    tokio::spawn(keep_current(
+        ctx.cache.clone(),
+        ctx.pool.clone(),
+        settings.database_url.clone(),
+        stop.clone(),
+    ));
+    tokio::spawn(keep_retention(
+        ctx.pool.clone(),
+        settings.retention,
+        stop.clone(),
+    ));
+    tokio::spawn(run_replays(
+        ctx.pool.clone(),
+        Arc::new(settings.clone()),
+        stop.clone(),
+    ));
+    tokio::spawn(watch_writers(
+        ctx.writers(),
+        settings.stall_after,
+        stop.clone(),
+    ));
 }
 
 /// Waits up to `grace` for the handlers in flight to finish.
