@@ -201,15 +201,20 @@ pub async fn amqp(
         prefetch,
     )
     .await;
+    // The load's connection may have been closed under it as its channels closed with confirms and
+    // deliveries still in flight (lapin then reports "invalid connection state"): the measurement stands,
+    // and the throwaway queue is deleted through a connection of its own.
+    let _ = connection.close(200, "bench done".into()).await;
     let deleted = async {
-        let channel = connection.create_channel().await?;
-        channel
+        let cleanup = webhookd_broker::connect(AMQP_URL, "webhookd-bench-limits-cleanup").await?;
+        let channel = cleanup.create_channel().await?;
+        let deleted = channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await?;
-        Ok::<_, lapin::Error>(())
+            .await;
+        let _ = cleanup.close(200, "bench done".into()).await;
+        deleted.map(drop)
     }
     .await;
-    let _ = connection.close(200, "bench done".into()).await;
     match (result, deleted) {
         (Ok(r), Ok(())) => Ok(r),
         (Ok(_), Err(e)) => Err(format!("deleting queue {queue}: {e}").into()),
