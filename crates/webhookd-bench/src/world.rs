@@ -585,7 +585,16 @@ impl World {
             if let Some(every) = spec.disk_every {
                 if Instant::now() >= disk_due {
                     disk_due += every;
-                    disk.push(disk_sample(&client, t0.elapsed().as_secs_f64()).await?);
+                    let sample = disk_sample(&client, t0.elapsed().as_secs_f64()).await?;
+                    eprintln!(
+                        "bench: {:.0} s: database {:.1} MiB, {} events, {} log rows, {} partitions",
+                        sample.at_s,
+                        sample.bytes as f64 / 1_048_576.0,
+                        sample.events,
+                        sample.attempts,
+                        sample.partitions
+                    );
+                    disk.push(sample);
                 }
             }
             let p = receiver.progress(&spec.measured);
