@@ -25,7 +25,7 @@ use webhookd_store::{database, migrate, StoreError};
 pub use state::{ApiSettings, AppState};
 
 use crate::extract::BodyLimit;
-use crate::routes::{deliveries, events, info, replays, secrets, webhook_test, webhooks};
+use crate::routes::{deliveries, events, info, replays, secrets, stats, webhook_test, webhooks};
 
 /// Why the API could not start.
 #[derive(Debug, thiserror::Error)]
@@ -118,12 +118,14 @@ pub fn router(state: AppState) -> Router {
         "/api/replays/{id}/",
         get(replays::get).delete(replays::cancel),
     );
+    r = route(r, "/api/deliveries/", get(deliveries::list_organization));
     r = route(r, "/api/deliveries/{id}/", get(deliveries::detail));
     r = route(
         r,
         "/api/deliveries/{id}/redeliver/",
         post(deliveries::redeliver),
     );
+    r = route(r, "/api/stats/", get(stats::stats));
     // An event's body must reach the WEBHOOKD_MAX_EVENT_BYTES check, which names the limit, even when that is
     // larger than WEBHOOKD_MAX_BODY_BYTES.
     let ingest_limit = events::body_limit(&state.settings);
