@@ -1,7 +1,9 @@
 //! webhookd's management REST API: Label Studio-compatible `/api/webhooks/`, the delivery log, test pings,
-//! redelivery, secret rotation and HTTP event ingest, with token authentication scoped to an organization.
+//! redelivery, secret rotation and HTTP event ingest, with token authentication scoped to an organization; and
+//! the web console over it, under `/console/`.
 
 pub mod broker;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod openapi;
@@ -85,7 +87,7 @@ fn route(
         .route(path.trim_end_matches('/'), handler)
 }
 
-/// Every route of the API.
+/// Every route of the API, and the web console.
 pub fn router(state: AppState) -> Router {
     let mut r = Router::new();
     r = route(
@@ -137,6 +139,7 @@ pub fn router(state: AppState) -> Router {
         "/api/openapi.json",
         get(|| async { Json(openapi::ApiDoc::openapi()) }),
     );
+    r = r.merge(console::router());
     let limit = state.settings.max_body_bytes;
     r.fallback(|| async { error::ApiError::NotFound })
         .layer(DefaultBodyLimit::max(limit))
