@@ -1041,24 +1041,15 @@ async fn the_organization_log_and_stats_cover_its_webhooks_and_no_others() {
     let rx = Receiver::start().await;
     rx.script("/down", |_| (500, vec![], Duration::ZERO));
     let (one, two) = (env.token(1).await, env.token(2).await);
-    let create = |token: String, path: &'static str| {
-        let (api, url) = (&api, rx.url(path));
-        async move {
-            let (status, hook) = api
-                .call(
-                    "POST",
-                    "/api/webhooks/",
-                    Some(&token),
-                    Some(&json!({"url": url})),
-                )
-                .await;
-            assert_eq!(status, 201, "{hook}");
-            hook["id"].as_i64().unwrap()
-        }
-    };
-    let up = create(one.clone(), "/up").await;
-    let down = create(one.clone(), "/down").await;
-    let other = create(two.clone(), "/other").await;
+    let up = api
+        .create_webhook(&one, &json!({"url": rx.url("/up")}))
+        .await;
+    let down = api
+        .create_webhook(&one, &json!({"url": rx.url("/down")}))
+        .await;
+    let other = api
+        .create_webhook(&two, &json!({"url": rx.url("/other")}))
+        .await;
     let cache = worker.worker.cache().clone();
     wait_for("webhooks cached", Duration::from_secs(5), || async {
         let snapshot = cache.snapshot();
@@ -1225,26 +1216,21 @@ async fn the_organization_log_and_stats_cover_its_webhooks_and_no_others() {
     let health = stats["webhooks"].as_array().unwrap();
     assert_eq!(health.len(), 2, "{stats}");
     let (fine, failing) = (&health[0], &health[1]);
-    assert_eq!(
+    let summary = |w: &Value| {
         (
-            fine["id"].as_i64(),
-            fine["failing"].clone(),
-            fine["consecutive_failures"].clone()
-        ),
-        (Some(up), json!(false), json!(0)),
-        "{fine}"
-    );
+            w["id"].as_i64(),
+            w["failing"].clone(),
+            w["consecutive_failures"].clone(),
+        )
+    };
+    assert_eq!(summary(fine), (Some(up), json!(false), json!(0)), "{fine}");
     assert_eq!(
         fine["last_success_at"].as_str().map(|t| t.ends_with('Z')),
         Some(true),
         "{fine}"
     );
     assert_eq!(
-        (
-            failing["id"].as_i64(),
-            failing["failing"].clone(),
-            failing["consecutive_failures"].clone()
-        ),
+        summary(failing),
         (Some(down), json!(true), json!(2)),
         "{failing}"
     );

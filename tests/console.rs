@@ -272,16 +272,9 @@ async fn a_person_runs_webhooks_end_to_end_in_the_console_and_another_organizati
     assert_ne!(b.client.title().await.unwrap(), "pwned");
 
     // Events: one to each of the two webhooks; the second webhook's receiver always fails.
-    let (status, down) = api
-        .call(
-            "POST",
-            "/api/webhooks/",
-            Some(&one),
-            Some(&json!({"url": rx.url("/down")})),
-        )
+    let down = api
+        .create_webhook(&one, &json!({"url": rx.url("/down")}))
         .await;
-    assert_eq!(status, 201, "{down}");
-    let down = down["id"].as_i64().unwrap();
     wait_for("both webhooks in the worker's cache", DEADLINE, || async {
         (api.metric("webhookd_cached_webhooks").await == Some(2.0)).then_some(())
     })
