@@ -1034,6 +1034,226 @@ async fn the_delivery_log_pages_newest_first_with_filters() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_organization_log_and_stats_cover_its_webhooks_and_no_others() {
+    let env = TestEnv::new(|s| s.retry_policy = RetryPolicy::new(Vec::new(), true)).await;
+    let api = env.start_api(|_| {}).await;
+    let worker = env.start_worker().await;
+    let rx = Receiver::start().await;
+    rx.script("/down", |_| (500, vec![], Duration::ZERO));
+    let (one, two) = (env.token(1).await, env.token(2).await);
+    let up = api
+        .create_webhook(&one, &json!({"url": rx.url("/up")}))
+        .await;
+    let down = api
+        .create_webhook(&one, &json!({"url": rx.url("/down")}))
+        .await;
+    let other = api
+        .create_webhook(&two, &json!({"url": rx.url("/other")}))
+        .await;
+    let cache = worker.worker.cache().clone();
+    wait_for("webhooks cached", Duration::from_secs(5), || async {
+        let snapshot = cache.snapshot();
+        [up, down, other]
+            .iter()
+            .all(|id| snapshot.get(*id).is_some())
+            .then_some(())
+    })
+    .await;
+    for (org, n) in [(1, 1), (1, 2), (2, 3)] {
+        env.publish(&envelope(
+            org,
+            "PROJECT_DELETED",
+            None,
+            json!({"project": {"id": n}}),
+        ))
+        .await;
+    }
+    env.wait_for_attempts(5, DEADLINE).await;
+    // Older attempts, written as the log would have them: one 2 hours ago (in the last day, not the last hour),
+    // one 2 days ago (in neither).
+    for age in ["2 hours", "2 days"] {
+        env.execute(
+            "INSERT INTO delivery_attempts (delivery_id, event_id, webhook_id, organization, action, attempt,
+                 outcome, duration_ms, created_at)
+             VALUES (gen_random_uuid(), gen_random_uuid(), $1, 1, 'PROJECT_DELETED', 1, 'dead', 3,
+                 now() - $2::text::interval)",
+            &[&up, &age],
+        )
+        .await;
+    }
+
+    // Organization 1's log, paged newest first: its 4 attempts of the hour, then the 2 older ones.
+    let mut seen = Vec::new();
+    let mut path = "/api/deliveries/?limit=4".to_owned();
+    loop {
+        let (status, page) = api.call("GET", &path, Some(&one), None).await;
+        assert_eq!(status, 200, "{page}");
+        seen.extend(page["results"].as_array().unwrap().iter().cloned());
+        match page["next"].as_str() {
+            Some(cursor) => path = format!("/api/deliveries/?limit=4&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    let times: Vec<&str> = seen
+        .iter()
+        .map(|r| r["created_at"].as_str().unwrap())
+        .collect();
+    let mut newest_first = times.clone();
+    newest_first.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(times, newest_first, "newest first");
+    let mut hooks: Vec<i64> = seen
+        .iter()
+        .map(|r| r["webhook"].as_i64().unwrap())
+        .collect();
+    hooks.sort_unstable();
+    hooks.dedup();
+    assert_eq!(
+        hooks,
+        [up, down],
+        "organization 1's webhooks, not organization 2's"
+    );
+    assert_eq!(
+        keys(&seen[0]),
+        keys(
+            &json!({"id": 0, "delivery_id": 0, "event_id": 0, "webhook": 0,
+        "action": 0, "attempt": 0, "status": 0, "http_status": 0, "duration_ms": 0, "error": 0,
+        "response_excerpt": 0, "next_attempt_at": 0, "created_at": 0})
+        ),
+        "the per-webhook log's fields"
+    );
+
+    let rows = |query: &'static str, token: &str| {
+        let (api, token) = (&api, token.to_owned());
+        async move {
+            let (status, page) = api
+                .call(
+                    "GET",
+                    &format!("/api/deliveries/?{query}"),
+                    Some(&token),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "{query}: {page}");
+            page["results"].as_array().unwrap().clone()
+        }
+    };
+    let dead = rows("status=dead&since=2000-01-01T00:00:00Z", &one).await;
+    assert_eq!(
+        dead.len(),
+        4,
+        "2 to /down this hour, the 2 older ones: {dead:?}"
+    );
+    let recent_dead = rows("status=dead&until=2999-01-01T00:00:00Z&since=", &one).await;
+    assert_eq!(recent_dead.len(), 4);
+    let hour = chrono::Utc::now() - chrono::Duration::minutes(60);
+    let since = format!("since={}", hour.format("%Y-%m-%dT%H:%M:%SZ"));
+    let (_, last_hour) = api
+        .call(
+            "GET",
+            &format!("/api/deliveries/?{since}&status=succeeded"),
+            Some(&one),
+            None,
+        )
+        .await;
+    let succeeded = last_hour["results"].as_array().unwrap();
+    assert_eq!(succeeded.len(), 2);
+    assert!(succeeded.iter().all(|r| r["webhook"] == up));
+    assert_eq!(
+        rows("action=TASKS_CREATED", &one).await,
+        Vec::<Value>::new()
+    );
+    assert_eq!(
+        rows("since=2999-01-01T00:00:00Z", &one).await,
+        Vec::<Value>::new()
+    );
+    let theirs = rows("", &two).await;
+    assert_eq!(
+        theirs
+            .iter()
+            .map(|r| r["webhook"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        [other],
+        "organization 2 sees its own attempt only"
+    );
+    for bad in [
+        "status=lost",
+        "since=yesterday",
+        "until=soon",
+        "cursor=zzz",
+        "limit=201",
+    ] {
+        let (status, err) = api
+            .call("GET", &format!("/api/deliveries/?{bad}"), Some(&one), None)
+            .await;
+        let field = bad.split('=').next().unwrap();
+        assert_eq!(status, 400, "{bad}");
+        assert_envelope(&err, 400);
+        assert!(err["validation_errors"][field].is_array(), "{bad}: {err}");
+    }
+    for path in ["/api/deliveries/", "/api/stats/"] {
+        let (status, err) = api.call("GET", path, None, None).await;
+        assert_eq!(status, 401, "{path} needs a token");
+        assert_envelope(&err, 401);
+    }
+
+    // At a glance: the attempts of the hour and of the day, and which webhook fails.
+    let (status, stats) = api.call("GET", "/api/stats/", Some(&one), None).await;
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(
+        keys(&stats),
+        ["organization", "last_hour", "last_day", "webhooks"]
+    );
+    assert_eq!(stats["organization"], 1);
+    assert_eq!(
+        stats["last_hour"],
+        json!({"attempts": 4, "succeeded": 2, "failed": 0, "dead": 2})
+    );
+    assert_eq!(
+        stats["last_day"],
+        json!({"attempts": 5, "succeeded": 2, "failed": 0, "dead": 3})
+    );
+    let health = stats["webhooks"].as_array().unwrap();
+    assert_eq!(health.len(), 2, "{stats}");
+    let (fine, failing) = (&health[0], &health[1]);
+    let summary = |w: &Value| {
+        (
+            w["id"].as_i64(),
+            w["failing"].clone(),
+            w["consecutive_failures"].clone(),
+        )
+    };
+    assert_eq!(summary(fine), (Some(up), json!(false), json!(0)), "{fine}");
+    assert_eq!(
+        fine["last_success_at"].as_str().map(|t| t.ends_with('Z')),
+        Some(true),
+        "{fine}"
+    );
+    assert_eq!(
+        summary(failing),
+        (Some(down), json!(true), json!(2)),
+        "{failing}"
+    );
+    assert_eq!(failing["last_success_at"], Value::Null);
+    assert!(failing["failing_since"].is_string(), "{failing}");
+    assert_eq!(failing["url"], json!(rx.url("/down")));
+
+    let (_, theirs) = api.call("GET", "/api/stats/", Some(&two), None).await;
+    assert_eq!(theirs["organization"], 2);
+    assert_eq!(theirs["last_day"]["attempts"], 1);
+    assert_eq!(
+        theirs["webhooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["id"].clone())
+            .collect::<Vec<_>>(),
+        [json!(other)]
+    );
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_secret_keeps_signing_alongside_the_new_one() {
     let env = TestEnv::new(|_| {}).await;
     let api = env.start_api(|_| {}).await;
@@ -1246,6 +1466,8 @@ async fn the_openapi_document_describes_every_route() {
         "/api/webhooks/{id}/",
         "/api/webhooks/info/",
         "/api/webhooks/{id}/deliveries/",
+        "/api/deliveries/",
+        "/api/stats/",
         "/api/deliveries/{id}/",
         "/api/deliveries/{id}/redeliver/",
         "/api/webhooks/{id}/recover/",

@@ -3,12 +3,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::json;
 use support::receiver::Receiver;
-use support::{envelope, wait_for, TestEnv};
+use support::{actions_file, envelope, wait_for, TestEnv};
 use tokio::process::Command;
 use webhookd_client::{EmitError, Emitter};
 use webhookd_core::{ActionSpec, Catalog};
@@ -67,15 +66,6 @@ async fn a_bad_setting_stops_start_up_naming_the_variable() {
 }
 
 /// Writes a custom actions file under the target directory, named after `what` and a fresh id.
-fn actions_file(what: &str, json: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "actions-{what}-{}.json",
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::write(&path, json).unwrap();
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_loads_custom_actions_from_the_actions_file_and_delivers_them() {
     let env = TestEnv::new(|_| {}).await;

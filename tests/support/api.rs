@@ -221,6 +221,15 @@ impl ApiClient {
         (status, response_headers, json)
     }
 
+    /// Creates a webhook as `token`'s organization (asserting the 201) and returns its id.
+    pub async fn create_webhook(&self, token: &str, body: &Value) -> i64 {
+        let (status, hook) = self
+            .call("POST", "/api/webhooks/", Some(token), Some(body))
+            .await;
+        assert_eq!(status, 201, "POST /api/webhooks/ {body}: {hook}");
+        hook["id"].as_i64().unwrap()
+    }
+
     /// The value of an unlabelled series on `/metrics` (`None` until the process has set it).
     pub async fn metric(&self, name: &str) -> Option<f64> {
         let (_, text) = self.call("GET", "/metrics", None, None).await;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod browser;
 pub mod faults;
 pub mod hostile;
 pub mod pg_cluster;
@@ -352,6 +353,16 @@ impl RunningWorker {
         let handle = std::mem::replace(&mut self.handle, tokio::spawn(async { Ok(()) }));
         let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
     }
+}
+
+/// Writes `json` to a new file under the target directory, for `WEBHOOKD_ACTIONS_FILE`; `what` goes in its name.
+pub fn actions_file(what: &str, json: &str) -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "actions-{what}-{}.json",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::write(&path, json).unwrap();
+    path
 }
 
 /// An event envelope.

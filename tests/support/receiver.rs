@@ -38,6 +38,7 @@ pub type Script = Arc<dyn Fn(usize) -> (u16, Vec<(&'static str, String)>, Durati
 struct Inner {
     requests: Vec<Received>,
     scripts: HashMap<String, Script>,
+    bodies: HashMap<String, String>,
 }
 
 /// The receiver; cheap to clone.
@@ -78,6 +79,15 @@ impl Receiver {
             .insert(path.to_owned(), Arc::new(script));
     }
 
+    /// Answers requests to `path` with `body` instead of `ok`.
+    pub fn body(&self, path: &str, body: &str) {
+        self.inner
+            .lock()
+            .unwrap()
+            .bodies
+            .insert(path.to_owned(), body.to_owned());
+    }
+
     /// Requests received at `path`, in arrival order.
     pub fn requests(&self, path: &str) -> Vec<Received> {
         self.inner
@@ -112,7 +122,7 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_owned();
-    let script = {
+    let (script, text) = {
         let mut inner = inner.lock().unwrap();
         let n = inner.requests.iter().filter(|r| r.path == path).count();
         inner.requests.push(Received {
@@ -122,13 +132,15 @@ async fn handle(
             at: Instant::now(),
             wall: SystemTime::now(),
         });
-        inner.scripts.get(&path).map(|s| s(n))
+        let text = inner.bodies.get(&path).cloned();
+        (inner.scripts.get(&path).map(|s| s(n)), text)
     };
     let (status, extra, delay) = script.unwrap_or((200, Vec::new(), Duration::ZERO));
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let mut response = (StatusCode::from_u16(status).unwrap(), "ok").into_response();
+    let text = text.unwrap_or_else(|| "ok".to_owned());
+    let mut response = (StatusCode::from_u16(status).unwrap(), text).into_response();
     for (name, value) in extra {
         response.headers_mut().insert(name, value.parse().unwrap());
     }

@@ -1,7 +1,9 @@
 //! webhookd's management REST API: Label Studio-compatible `/api/webhooks/`, the delivery log, test pings,
-//! redelivery, secret rotation and HTTP event ingest, with token authentication scoped to an organization.
+//! redelivery, secret rotation and HTTP event ingest, with token authentication scoped to an organization; and
+//! the web console over it, under `/console/`.
 
 pub mod broker;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod openapi;
@@ -25,7 +27,7 @@ use webhookd_store::{database, migrate, StoreError};
 pub use state::{ApiSettings, AppState};
 
 use crate::extract::BodyLimit;
-use crate::routes::{deliveries, events, info, replays, secrets, webhook_test, webhooks};
+use crate::routes::{deliveries, events, info, replays, secrets, stats, webhook_test, webhooks};
 
 /// Why the API could not start.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +87,7 @@ fn route(
         .route(path.trim_end_matches('/'), handler)
 }
 
-/// Every route of the API.
+/// Every route of the API, and the web console.
 pub fn router(state: AppState) -> Router {
     let mut r = Router::new();
     r = route(
@@ -118,12 +120,14 @@ pub fn router(state: AppState) -> Router {
         "/api/replays/{id}/",
         get(replays::get).delete(replays::cancel),
     );
+    r = route(r, "/api/deliveries/", get(deliveries::list_organization));
     r = route(r, "/api/deliveries/{id}/", get(deliveries::detail));
     r = route(
         r,
         "/api/deliveries/{id}/redeliver/",
         post(deliveries::redeliver),
     );
+    r = route(r, "/api/stats/", get(stats::stats));
     // An event's body must reach the WEBHOOKD_MAX_EVENT_BYTES check, which names the limit, even when that is
     // larger than WEBHOOKD_MAX_BODY_BYTES.
     let ingest_limit = events::body_limit(&state.settings);
@@ -135,6 +139,7 @@ pub fn router(state: AppState) -> Router {
         "/api/openapi.json",
         get(|| async { Json(openapi::ApiDoc::openapi()) }),
     );
+    r = r.merge(console::router());
     let limit = state.settings.max_body_bytes;
     r.fallback(|| async { error::ApiError::NotFound })
         .layer(DefaultBodyLimit::max(limit))

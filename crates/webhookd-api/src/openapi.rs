@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{deliveries, events, info, replays, secrets, webhook_test, webhooks};
+use crate::routes::{deliveries, events, info, replays, secrets, stats, webhook_test, webhooks};
 
 /// webhookd's management API.
 #[derive(OpenApi)]
@@ -12,12 +12,13 @@ use crate::routes::{deliveries, events, info, replays, secrets, webhook_test, we
         the delivery log, tests, redelivery and HTTP event ingest. Authenticate with `Authorization: Token <key>`."),
     paths(
         webhooks::list, webhooks::create, webhooks::get, webhooks::patch, webhooks::put, webhooks::delete,
-        info::info, deliveries::list, deliveries::detail, deliveries::redeliver, deliveries::recover,
+        info::info, deliveries::list, deliveries::list_organization, deliveries::detail, deliveries::redeliver, deliveries::recover,
         webhook_test::test, secrets::get, secrets::rotate, events::ingest, replays::create, replays::get,
-        replays::cancel, replays::list,
+        replays::cancel, replays::list, stats::stats,
     ),
     components(schemas(webhooks::Webhook, webhooks::WebhookWrite, deliveries::Attempt, deliveries::AttemptPage,
-        webhook_test::TestOutcome, secrets::Secret, replays::Replay)),
+        webhook_test::TestOutcome, secrets::Secret, replays::Replay, stats::Stats, stats::Counts,
+        stats::WebhookHealth)),
     modifiers(&TokenAuth),
     security(("token" = [])),
 )]

@@ -416,7 +416,26 @@ fn attempt_from_row(r: &tokio_postgres::Row) -> Result<AttemptRecord, StoreError
     })
 }
 
-/// Filters and position of one page of a webhook's log.
+/// Whose attempts a page of the log holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogScope {
+    /// One webhook's.
+    Webhook(i64),
+    /// Every attempt of an organization, across its webhooks (deleted ones too).
+    Organization(i64),
+}
+
+impl LogScope {
+    /// The column the scope filters on, and its value.
+    fn column(self) -> (&'static str, i64) {
+        match self {
+            LogScope::Webhook(id) => ("webhook_id", id),
+            LogScope::Organization(id) => ("organization", id),
+        }
+    }
+}
+
+/// Filters and position of one page of the log.
 #[derive(Debug, Clone, Default)]
 pub struct AttemptQuery {
     /// Only this outcome.
@@ -433,18 +452,20 @@ pub struct AttemptQuery {
     pub limit: i64,
 }
 
-/// A page of a webhook's attempts, newest first.
+/// A page of the attempts of `scope`, newest first. A webhook's page reads the index on
+/// `(webhook_id, created_at DESC, id DESC)`, an organization's the one on `(organization, created_at DESC, id DESC)`.
 pub async fn list_attempts(
     client: &impl tokio_postgres::GenericClient,
-    webhook_id: i64,
+    scope: LogScope,
     q: &AttemptQuery,
 ) -> Result<Vec<AttemptRecord>, StoreError> {
     let (before_at, before_id) = match q.before {
         Some((at, id)) => (Some(at), Some(id)),
         None => (None, None),
     };
+    let (column, owner) = scope.column();
     let sql = format!(
-        "SELECT {ATTEMPT_COLUMNS} FROM delivery_attempts WHERE webhook_id = $1
+        "SELECT {ATTEMPT_COLUMNS} FROM delivery_attempts WHERE {column} = $1
             AND ($2::text IS NULL OR outcome = $2) AND ($3::text IS NULL OR action = $3)
             AND ($4::timestamptz IS NULL OR created_at >= $4) AND ($5::timestamptz IS NULL OR created_at < $5)
             AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7::int8))
@@ -454,14 +475,7 @@ pub async fn list_attempts(
         .query(
             &sql,
             &[
-                &webhook_id,
-                &q.outcome,
-                &q.action,
-                &q.since,
-                &q.until,
-                &before_at,
-                &before_id,
-                &q.limit,
+                &owner, &q.outcome, &q.action, &q.since, &q.until, &before_at, &before_id, &q.limit,
             ],
         )
         .await?;

@@ -9,6 +9,7 @@ pub mod listener;
 pub mod migrate;
 pub mod replays;
 pub mod retention;
+pub mod stats;
 pub mod webhooks;
 
 pub use deadpool_postgres::{Client as PooledClient, Pool, PoolError};

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use webhookd_broker::retry_task::now_ms;
 use webhookd_broker::RetryTask;
 use webhookd_core::{body, DeliveryId, Event};
-use webhookd_store::delivery_log::{self, AttemptQuery, AttemptRecord};
+use webhookd_store::delivery_log::{self, AttemptQuery, AttemptRecord, LogScope};
 use webhookd_store::{events, webhooks};
 
 use crate::error::ApiError;
@@ -130,16 +130,14 @@ fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, i64), ApiError> {
     Ok((at, id.parse().map_err(|_| bad())?))
 }
 
-/// A webhook's delivery attempts, newest first.
-#[utoipa::path(get, path = "/api/webhooks/{id}/deliveries/", tag = "deliveries", params(LogQuery),
-    responses((status = 200, body = AttemptPage), (status = 400), (status = 404)))]
-pub async fn list(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<String>,
-    Query(q): Query<LogQuery>,
-) -> Result<Json<AttemptPage>, ApiError> {
-    let id = parse_id(&id)?;
+/// The page of `scope`'s log that `q` asks for, newest first. The query is checked before anything is read; a
+/// webhook's log is then shown only if the webhook is `organization`'s (404 otherwise).
+async fn page(
+    state: &AppState,
+    organization: i64,
+    scope: LogScope,
+    q: &LogQuery,
+) -> Result<AttemptPage, ApiError> {
     if let Some(s) = q.status.as_deref() {
         if !["succeeded", "failed", "dead"].contains(&s) {
             return Err(ApiError::field(
@@ -167,20 +165,47 @@ pub async fn list(
         limit: limit + 1,
     };
     let client = state.pool.get().await?;
-    webhooks::get_webhook(&**client, principal.organization, id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let mut rows = delivery_log::list_attempts(&**client, id, &query).await?;
+    if let LogScope::Webhook(id) = scope {
+        webhooks::get_webhook(&**client, organization, id)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+    }
+    let mut rows = delivery_log::list_attempts(&**client, scope, &query).await?;
     let next = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
         rows.last().map(encode_cursor)
     } else {
         None
     };
-    Ok(Json(AttemptPage {
+    Ok(AttemptPage {
         results: rows.iter().map(Attempt::from).collect(),
         next,
-    }))
+    })
+}
+
+/// A webhook's delivery attempts, newest first.
+#[utoipa::path(get, path = "/api/webhooks/{id}/deliveries/", tag = "deliveries", params(LogQuery),
+    responses((status = 200, body = AttemptPage), (status = 400), (status = 404)))]
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Result<Json<AttemptPage>, ApiError> {
+    let scope = LogScope::Webhook(parse_id(&id)?);
+    Ok(Json(page(&state, principal.organization, scope, &q).await?))
+}
+
+/// The organization's delivery attempts across its webhooks (deleted ones included), newest first.
+#[utoipa::path(get, path = "/api/deliveries/", tag = "deliveries", params(LogQuery),
+    responses((status = 200, body = AttemptPage), (status = 400)))]
+pub async fn list_organization(
+    State(state): State<AppState>,
+    principal: Principal,
+    Query(q): Query<LogQuery>,
+) -> Result<Json<AttemptPage>, ApiError> {
+    let scope = LogScope::Organization(principal.organization);
+    Ok(Json(page(&state, principal.organization, scope, &q).await?))
 }
 
 fn parse_delivery_id(raw: &str) -> Result<Uuid, ApiError> {

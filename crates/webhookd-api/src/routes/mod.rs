@@ -5,6 +5,7 @@ pub mod events;
 pub mod info;
 pub mod replays;
 pub mod secrets;
+pub mod stats;
 pub mod webhook_test;
 pub mod webhooks;
 
