@@ -342,18 +342,27 @@ pub async fn write_attempts(
     Ok(written)
 }
 
-/// Forgets the ids of log writes older than a day (a write is made again within seconds, not days).
+/// Forgets the ids of log writes older than `older_than` (a write is made again within seconds or minutes,
+/// not hours), in batches.
 pub async fn forget_old_writes(
     client: &impl tokio_postgres::GenericClient,
+    older_than: std::time::Duration,
 ) -> Result<u64, StoreError> {
-    Ok(client
-        .execute(
-            "DELETE FROM log_writes WHERE created_at < now() - interval '1 day'",
-            &[],
-        )
-        .await?)
+    let mut total = 0;
+    loop {
+        let n = client
+            .execute(
+                "DELETE FROM log_writes WHERE id IN (
+                     SELECT id FROM log_writes WHERE created_at < now() - make_interval(secs => $1) LIMIT 10000)",
+                &[&older_than.as_secs_f64()],
+            )
+            .await?;
+        total += n;
+        if n < 10_000 {
+            return Ok(total);
+        }
+    }
 }
-
 /// One logged attempt, as the API shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptRecord {

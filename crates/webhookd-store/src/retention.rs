@@ -1,7 +1,8 @@
 //! Retention: what is kept and for how long. One worker at a time (a PostgreSQL advisory lock) creates the
 //! delivery log's partitions ahead, moves rows that landed in its default partition into partitions of their
 //! own, drops the partitions past the retention window, deletes the events past it (unless a pending retry or
-//! a running replay still needs them), expired idempotency keys and old log-write ids.
+//! a running replay still needs them), expired idempotency keys and old log-write ids, and vacuums the tables
+//! it deleted from.
 
 use std::time::Duration;
 
@@ -15,6 +16,9 @@ use crate::StoreError;
 const LOCK: i64 = 7_310_663;
 /// Rows deleted per statement, so that no statement holds locks or builds up WAL for long.
 const BATCH: i64 = 10_000;
+/// How long the ids of committed log writes are kept (at most: never longer than the retention window): a write
+/// whose commit is in doubt is made again within seconds, or once the database is back after an outage.
+pub const WRITE_IDS_KEPT: Duration = Duration::from_secs(3600);
 /// How long after its due time a failed attempt's retry counts as pending (its event is kept meanwhile).
 pub const PENDING_GRACE: Duration = Duration::from_secs(3600);
 
@@ -135,8 +139,29 @@ async fn run_locked(
         keys_cutoff,
     )
     .await?;
-    run.writes_forgotten = crate::delivery_log::forget_old_writes(pg(client)).await?;
+    let writes_kept = WRITE_IDS_KEPT.min(settings.keep);
+    run.writes_forgotten = crate::delivery_log::forget_old_writes(pg(client), writes_kept).await?;
+    vacuum_what_shrank(pg(client), &run).await?;
     Ok(run)
+}
+
+/// Vacuums the tables this run deleted from, so that their space is reused by the next rows rather than the
+/// tables growing, whatever autovacuum's settings (it may be off, or behind on a busy table). A plain `VACUUM`
+/// takes no lock that stops writes, and skips the pages the visibility map says have nothing to clean.
+async fn vacuum_what_shrank(
+    client: &impl GenericClient,
+    run: &RetentionRun,
+) -> Result<(), StoreError> {
+    for (table, deleted) in [
+        ("events", run.events_deleted),
+        ("idempotency_keys", run.keys_deleted),
+        ("log_writes", run.writes_forgotten),
+    ] {
+        if deleted > 0 {
+            client.batch_execute(&format!("VACUUM {table}")).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates the delivery log's partitions from the current one to `ahead` from now, each `span` long; returns
