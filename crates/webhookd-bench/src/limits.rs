@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::publish::{envelope, unix_micros, webhook_body};
 use crate::receiver::{Behavior, Receiver};
 use crate::report::{round, Percentiles};
-use crate::world::AMQP_URL;
+use crate::sandbox::AMQP_URL;
 use crate::BoxError;
 
 /// The receiver under load.

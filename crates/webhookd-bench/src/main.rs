@@ -15,6 +15,7 @@ mod procstat;
 mod publish;
 mod receiver;
 mod report;
+mod sandbox;
 mod scenarios;
 mod world;
 

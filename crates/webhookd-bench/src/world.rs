@@ -10,23 +10,15 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::Connection;
 use serde_json::{json, Value};
-use tokio::process::{Child, Command};
-use webhookd_broker::Topology;
-use webhookd_core::retry_policy::DEFAULT_SCHEDULE;
-use webhookd_core::RetryPolicy;
-use webhookd_store::database;
+use tokio::process::Child;
 use webhookd_store::webhooks::{self, NewWebhook};
 
 use crate::procstat::{self, Services};
 use crate::publish::{self, Plan, Published};
 use crate::receiver::{Behavior, Receiver, Snapshot};
 use crate::report::{round, Percentiles};
+use crate::sandbox::Sandbox;
 use crate::BoxError;
-
-/// PostgreSQL server (loopback only); each run makes and drops its own database on it.
-pub const PG_BASE: &str = "postgres://postgres@127.0.0.1:5432";
-/// RabbitMQ (loopback only); each run declares and deletes its own exchange and queues on it.
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// No new delivery for this long means the run is stuck.
 const STALL: Duration = Duration::from_secs(60);
@@ -303,25 +295,8 @@ async fn disk_sample(
 
 /// Runs `spec` against the worker binary `worker_bin`, cleaning up afterwards whatever happened.
 pub async fn run(spec: &RunSpec, worker_bin: &Path) -> Result<RunResult, BoxError> {
-    let name = format!(
-        "webhookd_bench_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    let schedule = spec
-        .retry_schedule
-        .clone()
-        .unwrap_or_else(|| DEFAULT_SCHEDULE.to_owned());
-    let parsed = RetryPolicy::parse_schedule(&schedule)
-        .map_err(|e| format!("retry schedule {schedule:?}: {e:?}"))?;
-    let longest_wait = RetryPolicy::new(parsed, true).longest_wait();
     let mut world = World {
-        database_url: format!("{PG_BASE}/{name}"),
-        topology: Topology::new(format!("{name}.events"), name.clone(), longest_wait),
-        schedule,
-        tag: name,
-        database_touched: false,
-        topology_declared: false,
-        connection: None,
+        sandbox: Sandbox::new(worker_bin, spec.retry_schedule.clone())?,
         receiver: None,
         worker: None,
     };
@@ -331,7 +306,7 @@ pub async fn run(spec: &RunSpec, worker_bin: &Path) -> Result<RunResult, BoxErro
     };
     // A failed run says what the worker logged before its database goes.
     let result = match result {
-        Err(e) if world.database_touched => match world.log_summary().await {
+        Err(e) => match world.sandbox.log_summary().await {
             Some(summary) => Err(format!("{e}; the worker's delivery log: {summary}").into()),
             None => Err(e),
         },
@@ -391,53 +366,19 @@ async fn punctuality(
 }
 
 struct World {
-    database_url: String,
-    topology: Topology,
-    schedule: String,
-    tag: String,
-    database_touched: bool,
-    topology_declared: bool,
-    connection: Option<Connection>,
+    sandbox: Sandbox,
     receiver: Option<Receiver>,
     worker: Option<Child>,
 }
 
 impl World {
     async fn drive(&mut self, spec: &RunSpec, worker_bin: &Path) -> Result<RunResult, BoxError> {
-        // The worker binary creates the database, applies its own migrations and declares the topology,
-        // so that the schema is the one of the binary under test, whatever this one was built from.
-        self.database_touched = true;
-        self.topology_declared = true;
-        let migrated = tokio::time::timeout(
-            Duration::from_secs(120),
-            self.worker_command(spec, worker_bin)
-                .arg("migrate")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .output(),
-        )
-        .await
-        .map_err(|_| {
-            format!(
-                "`{} migrate` did not finish within 120 s",
-                worker_bin.display()
-            )
-        })?
-        .map_err(|e| format!("starting {}: {e}", worker_bin.display()))?;
-        let mut worker_command = self.worker_command(spec, worker_bin);
+        self.sandbox.migrate(&spec.worker_env).await?;
+        let mut worker_command = self.sandbox.command(&spec.worker_env);
         worker_command
             .arg("worker")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
-        if !migrated.status.success() {
-            return Err(format!(
-                "`{} migrate` failed ({}): {}",
-                worker_bin.display(),
-                migrated.status,
-                String::from_utf8_lossy(&migrated.stderr).trim()
-            )
-            .into());
-        }
         if spec.organizations.len() != spec.hooks.len() {
             return Err(format!(
                 "the spec gives {} organizations for {} webhooks",
@@ -451,7 +392,7 @@ impl World {
             .receiver
             .insert(Receiver::start_timing(spec.hooks.clone(), &timed).await?);
 
-        let pool = database::pool(&self.database_url, 2)?;
+        let pool = self.sandbox.pool(2)?;
         let mut client = pool.get().await?;
         let mut webhook_ids = Vec::with_capacity(spec.hooks.len());
         for (index, &organization) in spec.organizations.iter().enumerate() {
@@ -465,14 +406,12 @@ impl World {
             .filter_map(|&i| webhook_ids.get(i).copied())
             .collect();
 
-        let connection: &Connection = self.connection.insert(
-            webhookd_broker::connect(AMQP_URL, "webhookd-bench")
-                .await
-                .map_err(|e| format!("connecting to RabbitMQ: {e}"))?,
-        );
+        let topology = self.sandbox.topology.clone();
+        let tag = self.sandbox.tag.clone();
+        let connection: &Connection = self.sandbox.connection().await?;
         let channel = connection.create_channel().await?;
         // Declared by `webhookd migrate` already; again here so that a topology mismatch shows now.
-        self.topology.declare(&channel).await?;
+        topology.declare(&channel).await?;
 
         let worker = self.worker.insert(
             worker_command
@@ -491,7 +430,7 @@ impl World {
             }
             let queue = channel
                 .queue_declare(
-                    self.topology.work_queue().as_str().into(),
+                    topology.work_queue().as_str().into(),
                     QueueDeclareOptions {
                         passive: true,
                         ..Default::default()
@@ -510,8 +449,8 @@ impl World {
 
         let expected = spec.expected();
         let plan = Plan {
-            exchange: self.topology.exchange.clone(),
-            tag: self.tag.clone(),
+            exchange: topology.exchange.clone(),
+            tag: tag.clone(),
             organization: MEASURED_ORGANIZATION,
             events: spec.events,
             rate: spec.rate,
@@ -519,8 +458,8 @@ impl World {
             window: spec.window,
         };
         let background_plan = spec.background.map(|b| Plan {
-            exchange: self.topology.exchange.clone(),
-            tag: format!("{}-org{}", self.tag, b.organization),
+            exchange: topology.exchange.clone(),
+            tag: format!("{}-org{}", tag, b.organization),
             organization: b.organization,
             events: b.events,
             rate: Some(b.rate),
@@ -558,7 +497,7 @@ impl World {
         let mut published = None;
         let (mut seen, mut seen_at) = (0u64, Instant::now());
         let mut peak_fds = 0usize;
-        let retry_queue = self.topology.retry_queue();
+        let retry_queue = topology.retry_queue();
         let mut retry_ready: Vec<u32> = Vec::new();
         let mut ticks = 0u64;
         let progress = loop {
@@ -729,60 +668,7 @@ impl World {
         })
     }
 
-    /// `webhookd` with the run's environment: its database, names and settings.
-    fn worker_command(&self, spec: &RunSpec, worker_bin: &Path) -> Command {
-        let mut command = Command::new(worker_bin);
-        command
-            .env("DATABASE_URL", &self.database_url)
-            .env("AMQP_URL", AMQP_URL)
-            .env("WEBHOOKD_EXCHANGE", &self.topology.exchange)
-            .env("WEBHOOKD_QUEUE_PREFIX", &self.topology.prefix)
-            .env("WEBHOOK_RETRY_SCHEDULE", &self.schedule)
-            .env("WEBHOOKD_ALLOWED_NETWORKS", "127.0.0.0/8")
-            // A port of its own for /metrics and /readyz, so that it never collides with another
-            // worker on this machine (another run's, or a test's).
-            .env("WEBHOOKD_OPS_LISTEN", "127.0.0.1:0")
-            .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "warn")
-            .envs(spec.worker_env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        command
-    }
-
-    /// Log rows by outcome and error, most frequent first (to explain a failed run).
-    async fn log_summary(&self) -> Option<String> {
-        let config = database::parse_url(&self.database_url).ok()?;
-        let client = database::connect_one(&config).await.ok()?;
-        let rows = client
-            .query(
-                "SELECT outcome, coalesce(error, ''), count(*) FROM delivery_attempts
-                  GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 6",
-                &[],
-            )
-            .await
-            .ok()?;
-        let parts: Vec<String> = rows
-            .iter()
-            .filter_map(|r| {
-                let outcome: String = r.try_get(0).ok()?;
-                let error: String = r.try_get(1).ok()?;
-                let n: i64 = r.try_get(2).ok()?;
-                Some(if error.is_empty() {
-                    format!("{n} {outcome}")
-                } else {
-                    format!("{n} {outcome} ({error})")
-                })
-            })
-            .collect();
-        Some(if parts.is_empty() {
-            "empty".to_owned()
-        } else {
-            parts.join(", ")
-        })
-    }
-
-    /// Kills the worker, stops the receiver, deletes the topology and drops the database.
+    /// Kills the worker, stops the receiver, then removes the sandbox's names.
     async fn teardown(&mut self) -> Result<(), BoxError> {
         let mut problems = Vec::new();
         if let Some(mut worker) = self.worker.take() {
@@ -797,44 +683,13 @@ impl World {
         if let Some(receiver) = self.receiver.take() {
             receiver.stop().await;
         }
-        if self.topology_declared {
-            if let Err(e) = self.delete_topology().await {
-                problems.push(format!("deleting the RabbitMQ topology: {e}"));
-            }
-        }
-        if let Some(connection) = self.connection.take() {
-            let _ = connection.close(200, "bench done".into()).await;
-        }
-        if self.database_touched {
-            if let Err(e) = database::drop_database(&self.database_url).await {
-                problems.push(format!("dropping the bench database: {e}"));
-            }
+        if let Err(e) = self.sandbox.teardown().await {
+            problems.push(e.to_string());
         }
         if problems.is_empty() {
             Ok(())
         } else {
             Err(problems.join("; ").into())
         }
-    }
-
-    async fn delete_topology(&mut self) -> Result<(), BoxError> {
-        // The run's connection may be the thing that failed: fall back to a fresh one.
-        let existing = match &self.connection {
-            Some(c) => c.create_channel().await.ok(),
-            None => None,
-        };
-        let channel = match existing {
-            Some(channel) => channel,
-            None => {
-                let fresh = webhookd_broker::connect(AMQP_URL, "webhookd-bench-cleanup").await?;
-                let channel = fresh.create_channel().await?;
-                if let Some(old) = self.connection.replace(fresh) {
-                    let _ = old.close(200, "replaced".into()).await;
-                }
-                channel
-            }
-        };
-        self.topology.delete(&channel).await?;
-        Ok(())
     }
 }

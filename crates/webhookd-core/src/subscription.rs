@@ -1,6 +1,6 @@
 //! Webhook subscriptions and Label Studio's matching rules, with an index the worker keeps in memory.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::signature::SigningSecret;
@@ -41,43 +41,83 @@ impl Subscription {
     }
 }
 
-/// All webhooks by organization and by id, so matching an event costs no database query.
+/// Where a webhook listens: its organization and its project (`None` for the whole organization).
+type Scope = (i64, Option<i64>);
+
+/// All webhooks by id, by organization and by scope, so matching an event costs no database query and no
+/// scan: it reads the organization-level list and the project's list, whatever the total. The maps are
+/// persistent (structurally shared), so a copy costs nothing and replacing one organization touches only
+/// its own webhooks.
 #[derive(Debug, Default, Clone)]
 pub struct SubscriptionIndex {
-    by_org: HashMap<i64, Vec<Arc<Subscription>>>,
-    by_id: HashMap<i64, Arc<Subscription>>,
+    by_id: imbl::HashMap<i64, Arc<Subscription>>,
+    /// The ids of each organization's webhooks, active or not.
+    by_org: imbl::HashMap<i64, Arc<[i64]>>,
+    /// The active webhooks of each scope, in id order.
+    by_scope: imbl::HashMap<Scope, Arc<[Arc<Subscription>]>>,
 }
 
 impl SubscriptionIndex {
     /// An index over `subs`.
     pub fn new(subs: impl IntoIterator<Item = Subscription>) -> Self {
-        let mut index = Self::default();
+        let mut by_org: HashMap<i64, Vec<Subscription>> = HashMap::new();
         for sub in subs {
-            index.insert(Arc::new(sub));
+            by_org.entry(sub.organization).or_default().push(sub);
+        }
+        let mut index = Self::default();
+        for (organization, subs) in by_org {
+            index.put_organization(organization, subs);
         }
         index
     }
 
-    fn insert(&mut self, sub: Arc<Subscription>) {
-        self.by_org
-            .entry(sub.organization)
-            .or_default()
-            .push(sub.clone());
-        self.by_id.insert(sub.id, sub);
-    }
-
-    /// A copy of this index with organization `organization`'s webhooks replaced by `subs`.
+    /// A copy of this index with organization `organization`'s webhooks replaced by `subs` (those of
+    /// another organization in `subs` are ignored). Costs what that organization holds, not the total.
     pub fn with_organization(&self, organization: i64, subs: Vec<Subscription>) -> Self {
         let mut next = self.clone();
-        if let Some(old) = next.by_org.remove(&organization) {
-            for sub in old {
-                next.by_id.remove(&sub.id);
+        next.remove_organization(organization);
+        let subs = subs
+            .into_iter()
+            .filter(|s| s.organization == organization)
+            .collect();
+        next.put_organization(organization, subs);
+        next
+    }
+
+    fn remove_organization(&mut self, organization: i64) {
+        let Some(ids) = self.by_org.remove(&organization) else {
+            return;
+        };
+        for id in ids.iter() {
+            if let Some(sub) = self.by_id.remove(id) {
+                self.by_scope.remove(&(organization, sub.project));
             }
         }
-        for sub in subs {
-            next.insert(Arc::new(sub));
+    }
+
+    fn put_organization(&mut self, organization: i64, mut subs: Vec<Subscription>) {
+        if subs.is_empty() {
+            return;
         }
-        next
+        subs.sort_by_key(|s| s.id);
+        subs.dedup_by_key(|s| s.id);
+        let mut scopes: BTreeMap<Scope, Vec<Arc<Subscription>>> = BTreeMap::new();
+        let mut ids = Vec::with_capacity(subs.len());
+        for sub in subs {
+            let sub = Arc::new(sub);
+            ids.push(sub.id);
+            if sub.is_active {
+                scopes
+                    .entry((organization, sub.project))
+                    .or_default()
+                    .push(sub.clone());
+            }
+            self.by_id.insert(sub.id, sub);
+        }
+        for (scope, subs) in scopes {
+            self.by_scope.insert(scope, subs.into());
+        }
+        self.by_org.insert(organization, ids.into());
     }
 
     /// The webhooks that receive `action` in `organization` / `project`, in id order.
@@ -87,18 +127,38 @@ impl SubscriptionIndex {
         project: Option<i64>,
         action: &str,
     ) -> Vec<Arc<Subscription>> {
-        let mut found: Vec<Arc<Subscription>> = self
-            .by_org
-            .get(&organization)
-            .map(|subs| {
-                subs.iter()
-                    .filter(|s| s.matches(organization, project, action))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        found.sort_by_key(|s| s.id);
+        let receives = |s: &&Arc<Subscription>| s.matches(organization, project, action);
+        let org_level = self.scope(organization, None).iter().filter(receives);
+        let Some(project) = project else {
+            return org_level.cloned().collect();
+        };
+        let project_level = self
+            .scope(organization, Some(project))
+            .iter()
+            .filter(receives);
+        // Two lists in id order, merged.
+        let mut found = Vec::new();
+        let (mut a, mut b) = (org_level.peekable(), project_level.peekable());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x.id <= y.id => a.next(),
+                (Some(_), Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, Some(_)) => b.next(),
+                (None, None) => break,
+            };
+            if let Some(sub) = next {
+                found.push(sub.clone());
+            }
+        }
         found
+    }
+
+    fn scope(&self, organization: i64, project: Option<i64>) -> &[Arc<Subscription>] {
+        self.by_scope
+            .get(&(organization, project))
+            .map(|subs| &subs[..])
+            .unwrap_or_default()
     }
 
     /// The webhook `id`, active or not.
@@ -186,5 +246,60 @@ mod tests {
             1,
             "the old index is untouched"
         );
+    }
+
+    #[test]
+    fn matching_agrees_with_the_rule_over_every_webhook() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let actions = ["A", "B", "C"];
+        let mut random_sub = |id: i64, org: i64| {
+            let mut s = sub(
+                id,
+                org,
+                [None, Some(1), Some(2), Some(3)][rng.gen_range(0..4)],
+            );
+            s.is_active = rng.gen_bool(0.8);
+            s.send_for_all_actions = rng.gen_bool(0.5);
+            s.actions.insert(actions[rng.gen_range(0..3)].to_string());
+            s
+        };
+        let mut all: Vec<Subscription> = (1..=400).map(|id| random_sub(id, id % 5)).collect();
+        let mut index = SubscriptionIndex::new(all.clone());
+        // Replace two organizations: one changes, one empties.
+        let org1: Vec<Subscription> = (1000..1040).map(|id| random_sub(id, 1)).collect();
+        all.retain(|s| s.organization != 1 && s.organization != 2);
+        all.extend(org1.clone());
+        index = index
+            .with_organization(1, org1)
+            .with_organization(2, vec![]);
+        assert_eq!(index.len(), all.len());
+        for org in 0..6 {
+            for project in [None, Some(1), Some(2), Some(3), Some(4)] {
+                for action in actions {
+                    let mut expected: Vec<i64> = all
+                        .iter()
+                        .filter(|s| s.matches(org, project, action))
+                        .map(|s| s.id)
+                        .collect();
+                    expected.sort();
+                    let found: Vec<i64> = index
+                        .matching(org, project, action)
+                        .iter()
+                        .map(|s| s.id)
+                        .collect();
+                    assert_eq!(found, expected, "org {org} project {project:?} {action}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_webhook_moved_to_another_project_leaves_its_old_scope() {
+        let index = SubscriptionIndex::new([sub(1, 1, Some(7)), sub(2, 1, Some(8))]);
+        let next = index.with_organization(1, vec![sub(1, 1, Some(8)), sub(2, 1, Some(8))]);
+        assert!(next.matching(1, Some(7), "X").is_empty());
+        assert_eq!(next.matching(1, Some(8), "X").len(), 2);
+        assert_eq!(next.get(1).unwrap().project, Some(8));
     }
 }

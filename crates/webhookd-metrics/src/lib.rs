@@ -154,6 +154,21 @@ pub static CACHED_WEBHOOKS: LazyLock<IntGauge> = LazyLock::new(|| {
     )
 });
 
+/// How long the subscription cache took to re-read and install webhooks, by `scope`: `all` (start-up, the
+/// minutely safety net, after a lost listener) or `organizations` (after a change notification).
+pub static SUBSCRIPTION_REFRESH: LazyLock<HistogramVec> = LazyLock::new(|| {
+    let opts = HistogramOpts::new(
+        "webhookd_subscription_refresh_seconds",
+        "Time to re-read and install webhooks in the subscription cache, by scope.",
+    )
+    .buckets(vec![
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ]);
+    register(
+        HistogramVec::new(opts, &["scope"]).unwrap_or_else(|_| unreachable!("valid histogram")),
+    )
+});
+
 /// The writers whose stall is watched (their `writer` label).
 pub const WRITERS: [&str; 3] = ["event_claim", "delivery_log", "retry_task"];
 
@@ -306,6 +321,9 @@ pub fn render() -> String {
     // is also labelled by action, an open set, so it shows with the first attempt.)
     for o in ["succeeded", "failed", "dead"] {
         ATTEMPT_DURATION.with_label_values(&[o]);
+    }
+    for scope in ["all", "organizations"] {
+        SUBSCRIPTION_REFRESH.with_label_values(&[scope]);
     }
     LazyLock::force(&LOG_BATCH);
     let mut buf = Vec::new();

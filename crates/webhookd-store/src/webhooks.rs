@@ -9,25 +9,43 @@ use webhookd_core::{SigningSecret, Subscription};
 
 use crate::StoreError;
 
-const SELECT_SUBSCRIPTIONS: &str = "
-    SELECT w.id, w.organization, w.project, w.url, w.send_payload, w.send_for_all_actions, w.headers,
-           w.is_active, w.secret,
-           ARRAY(SELECT p.secret FROM webhook_previous_secrets p
-                  WHERE p.webhook_id = w.id AND p.expires_at > now()
-                  ORDER BY p.expires_at DESC) AS previous_secrets,
-           COALESCE(array_agg(a.action) FILTER (WHERE a.action IS NOT NULL), '{}') AS actions
-      FROM webhooks w LEFT JOIN webhook_actions a ON a.webhook_id = w.id
-     WHERE ($1::bigint IS NULL OR w.organization = $1) AND ($2::bigint IS NULL OR w.id = $2)
-     GROUP BY w.id";
+/// The columns and joins of a webhook as the worker uses it; each caller adds its own `WHERE` so that the
+/// plan of each uses its index (one generic `$1 IS NULL OR …` filter would scan every webhook to reload
+/// one organization).
+macro_rules! select_subscriptions {
+    ($filter:literal) => {
+        concat!(
+            "SELECT w.id, w.organization, w.project, w.url, w.send_payload, w.send_for_all_actions,
+                    w.headers, w.is_active, w.secret,
+                    ARRAY(SELECT p.secret FROM webhook_previous_secrets p
+                           WHERE p.webhook_id = w.id AND p.expires_at > now()
+                           ORDER BY p.expires_at DESC) AS previous_secrets,
+                    COALESCE(array_agg(a.action) FILTER (WHERE a.action IS NOT NULL), '{}') AS actions
+               FROM webhooks w LEFT JOIN webhook_actions a ON a.webhook_id = w.id ",
+            $filter,
+            " GROUP BY w.id"
+        )
+    };
+}
+
+const SELECT_ALL_SUBSCRIPTIONS: &str = select_subscriptions!("");
+const SELECT_ORGANIZATION_SUBSCRIPTIONS: &str = select_subscriptions!("WHERE w.organization = $1");
+const SELECT_ONE_SUBSCRIPTION: &str =
+    select_subscriptions!("WHERE w.organization = $1 AND w.id = $2");
 
 /// Every webhook (of one organization, or of all), active or not, as the worker matches and sends them.
 pub async fn load_subscriptions(
     client: &impl GenericClient,
     organization: Option<i64>,
 ) -> Result<Vec<Subscription>, StoreError> {
-    let rows = client
-        .query(SELECT_SUBSCRIPTIONS, &[&organization, &None::<i64>])
-        .await?;
+    let rows = match organization {
+        Some(organization) => {
+            client
+                .query(SELECT_ORGANIZATION_SUBSCRIPTIONS, &[&organization])
+                .await?
+        }
+        None => client.query(SELECT_ALL_SUBSCRIPTIONS, &[]).await?,
+    };
     let mut subs = Vec::with_capacity(rows.len());
     for row in &rows {
         match subscription_from_row(row) {
@@ -46,7 +64,7 @@ pub async fn load_subscription(
     id: i64,
 ) -> Result<Option<Subscription>, StoreError> {
     let row = client
-        .query_opt(SELECT_SUBSCRIPTIONS, &[&Some(organization), &Some(id)])
+        .query_opt(SELECT_ONE_SUBSCRIPTION, &[&organization, &id])
         .await?;
     row.as_ref().map(subscription_from_row).transpose()
 }

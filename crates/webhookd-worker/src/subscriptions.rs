@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::backoff_forever::backoff_forever;
 use backoff::backoff::Backoff;
@@ -52,9 +52,11 @@ impl SubscriptionCache {
 
     /// Re-reads every webhook.
     pub async fn load_all(&self, pool: &Pool) -> Result<(), StoreError> {
+        let started = Instant::now();
         let client = pool.get().await?;
         let subs = webhooks::load_subscriptions(&**client, None).await?;
         self.replace(SubscriptionIndex::new(subs));
+        observe_refresh("all", started);
         Ok(())
     }
 
@@ -64,15 +66,24 @@ impl SubscriptionCache {
         pool: &Pool,
         organizations: &BTreeSet<i64>,
     ) -> Result<(), StoreError> {
+        let started = Instant::now();
         let client = pool.get().await?;
+        // A copy costs nothing (the index's maps are shared); each organization costs what it holds.
         let mut next = (*self.snapshot()).clone();
         for &org in organizations {
             let subs = webhooks::load_subscriptions(&**client, Some(org)).await?;
             next = next.with_organization(org, subs);
         }
         self.replace(next);
+        observe_refresh("organizations", started);
         Ok(())
     }
+}
+
+fn observe_refresh(scope: &str, started: Instant) {
+    webhookd_metrics::SUBSCRIPTION_REFRESH
+        .with_label_values(&[scope])
+        .observe(started.elapsed().as_secs_f64());
 }
 
 /// Keeps `cache` current until `stop`: listens for changes, reconnecting with backoff.
