@@ -284,10 +284,10 @@ async fn the_node_leading_the_work_queue_dies_mid_stream_and_nothing_is_lost() {
     nodes.sort();
     assert_eq!(members, nodes, "the work queue has a member on every node");
     let leader = cluster
-        .leader_of(&work, 1)
-        .await
-        .expect("quorum_status")
-        .expect("a leader");
+        .nodes
+        .iter()
+        .position(|n| Some(n.name.as_str()) == status.leader())
+        .expect("the leader is one of the nodes");
     let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     let (first_follower, second_follower) = (others[0], others[1]);
     let addr = |i: usize| cluster.nodes[i].addr();
@@ -312,10 +312,10 @@ async fn the_node_leading_the_work_queue_dies_mid_stream_and_nothing_is_lost() {
             .wait_metric(CONNECTED, 1.0, Duration::from_secs(60))
             .await;
     }
-    assert_eq!(
-        to_leader.routed()[0].1,
-        to_leader.routed().iter().map(|(_, n)| n).sum::<usize>(),
-        "the first worker is on the leader's node"
+    let routed = to_leader.routed();
+    assert!(
+        routed[0].1 > 0 && routed[1..].iter().all(|(_, n)| *n == 0),
+        "the first worker is on the leader's node: {routed:?}"
     );
 
     // The producers publish to a node that stays up.
