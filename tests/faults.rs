@@ -286,6 +286,74 @@ async fn database_connections_terminated() {
     worker.kill().await;
 }
 
+/// The database refuses every write for a while, as a standby does (SQLSTATE 25006, read-only transaction):
+/// what a worker meets during a failover when its connections land on a server that is not (yet) the
+/// primary. Made with `default_transaction_read_only` on the stream's database and its sessions terminated, so
+/// that the worker's new connections are read-only; then the same, back to read-write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_read_only_for_five_seconds() {
+    const READ_ONLY: Duration = Duration::from_secs(5);
+    let _serial = SERIAL.lock().await;
+    let s = Stream::new("readonly").await;
+    let mut worker = s.worker(postgres(), rabbit());
+    let admin = database::pool(&format!("{PG_BASE}/postgres"), 1).unwrap();
+    let set_read_only = |on: bool| {
+        let (admin, name) = (&admin, &s.name);
+        async move {
+            let client = admin.get().await.unwrap();
+            let setting = if on {
+                "SET default_transaction_read_only = on"
+            } else {
+                "RESET default_transaction_read_only"
+            };
+            client
+                .batch_execute(&format!("ALTER DATABASE \"{name}\" {setting}"))
+                .await
+                .unwrap();
+            client
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    &[name],
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let refused_as_read_only = || {
+        worker
+            .logged("database write failed; retrying (nothing is acknowledged meanwhile)")
+            .into_iter()
+            .filter(|line| line["sqlstate"] == "25006")
+            .count()
+    };
+    let fault = async {
+        s.reached(0.3).await;
+        set_read_only(true).await;
+        // The worker's writes are refused as read-only ... and retried.
+        wait_for("a write refused as read-only", READ_ONLY, || async {
+            (refused_as_read_only() > 0).then_some(())
+        })
+        .await;
+        tokio::time::sleep(READ_ONLY).await;
+        set_read_only(false).await;
+    };
+    tokio::join!(s.publish_all(), fault);
+    s.complete("database read-only for 5 s (a standby)").await;
+    println!(
+        "writes refused as read-only, then retried: {}",
+        refused_as_read_only()
+    );
+    // Nothing was given up for good: no request refused, no message dead-lettered.
+    for series in [
+        r#"webhookd_writes_refused_total{writer="event_claim"}"#,
+        r#"webhookd_writes_refused_total{writer="delivery_log"}"#,
+        "webhookd_dead_letters_total",
+    ] {
+        assert_eq!(worker.metric(series).await, Some(0.0), "{series}");
+    }
+    worker.kill().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_unreachable_for_ten_seconds() {
     let _serial = SERIAL.lock().await;

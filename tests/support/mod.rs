@@ -8,6 +8,7 @@ pub mod faults;
 pub mod hostile;
 pub mod pg_cluster;
 pub mod python;
+pub mod rabbit_cluster;
 pub mod receiver;
 
 use std::future::Future;

@@ -75,15 +75,18 @@ fn db_class(e: &tokio_postgres::Error) -> ErrorClass {
 
 /// The class of a SQLSTATE: connection exceptions (08), transaction rollbacks such as serialization failures
 /// and deadlocks (40), insufficient resources (53), operator intervention such as an admin shutdown or a
-/// cancelled statement (57), and a lock that could not be had (55P03) are transient; anything else (data
-/// exceptions, integrity violations, program limits, syntax …) is permanent.
+/// cancelled statement (57), a lock that could not be had (55P03), and a write refused because the server
+/// only reads (25006: a standby, which is where a connection lands during a failover until its server is
+/// promoted or the address moves to the new primary) are transient; anything else (data exceptions,
+/// integrity violations, program limits, syntax …) is permanent.
 pub fn sqlstate_class(code: &str) -> ErrorClass {
     let transient = code.starts_with("08")
         || code.starts_with("40")
         || code.starts_with("53")
         || code.starts_with("57")
         || code == "55P03"
-        || code == "55006";
+        || code == "55006"
+        || code == "25006";
     if transient {
         ErrorClass::Transient
     } else {
@@ -153,10 +156,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn connection_conflict_resource_and_shutdown_errors_are_transient() {
+    fn connection_conflict_resource_shutdown_and_read_only_errors_are_transient() {
         for code in [
             "08006", "08001", "40001", "40P01", "53300", "53100", "57P01", "57P03", "57014",
-            "55P03",
+            "55P03", "25006",
         ] {
             assert_eq!(sqlstate_class(code), ErrorClass::Transient, "{code}");
         }
