@@ -36,7 +36,7 @@ impl FromRequestParts<AppState> for Principal {
                 "Invalid token header. Use \"Authorization: Token <key>\".",
             ))?;
         let client = state.pool.get().await?;
-        match api_tokens::authenticate(&**client, key).await? {
+        match api_tokens::authenticate(&client, key).await? {
             Some(organization) => Ok(Principal { organization }),
             None => Err(ApiError::Unauthorized("Invalid token.")),
         }

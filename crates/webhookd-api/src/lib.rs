@@ -27,7 +27,9 @@ use webhookd_store::{database, migrate, StoreError};
 pub use state::{ApiSettings, AppState};
 
 use crate::extract::BodyLimit;
-use crate::routes::{deliveries, events, info, replays, secrets, stats, webhook_test, webhooks};
+use crate::routes::{
+    deliveries, events, info, relay, replays, secrets, stats, webhook_test, webhooks,
+};
 
 /// Why the API could not start.
 #[derive(Debug, thiserror::Error)]
@@ -131,10 +133,17 @@ pub fn router(state: AppState) -> Router {
     // An event's body must reach the WEBHOOKD_MAX_EVENT_BYTES check, which names the limit, even when that is
     // larger than WEBHOOKD_MAX_BODY_BYTES.
     let ingest_limit = events::body_limit(&state.settings);
-    let ingest = post(events::ingest)
-        .layer::<_, Infallible>(DefaultBodyLimit::max(ingest_limit))
-        .layer::<_, Infallible>(Extension(BodyLimit(ingest_limit)));
-    r = route(r, "/api/events/", ingest);
+    let with_event_limit = |handler: MethodRouter<AppState>| {
+        handler
+            .layer::<_, Infallible>(DefaultBodyLimit::max(ingest_limit))
+            .layer::<_, Infallible>(Extension(BodyLimit(ingest_limit)))
+    };
+    r = route(r, "/api/events/", with_event_limit(post(events::ingest)));
+    r = route(
+        r,
+        "/api/relay/label-studio/",
+        with_event_limit(post(relay::label_studio)),
+    );
     r = r.route(
         "/api/openapi.json",
         get(|| async { Json(openapi::ApiDoc::openapi()) }),

@@ -3,17 +3,20 @@
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{deliveries, events, info, replays, secrets, stats, webhook_test, webhooks};
+use crate::routes::{
+    deliveries, events, info, relay, replays, secrets, stats, webhook_test, webhooks,
+};
 
 /// webhookd's management API.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "webhookd", description = "Webhook management (compatible with Label Studio's /api/webhooks/), \
-        the delivery log, tests, redelivery and HTTP event ingest. Authenticate with `Authorization: Token <key>`."),
+        the delivery log, tests, redelivery, HTTP event ingest and the Label Studio relay. \
+        Authenticate with `Authorization: Token <key>`."),
     paths(
         webhooks::list, webhooks::create, webhooks::get, webhooks::patch, webhooks::put, webhooks::delete,
         info::info, deliveries::list, deliveries::list_organization, deliveries::detail, deliveries::redeliver, deliveries::recover,
-        webhook_test::test, secrets::get, secrets::rotate, events::ingest, replays::create, replays::get,
+        webhook_test::test, secrets::get, secrets::rotate, events::ingest, relay::label_studio, replays::create, replays::get,
         replays::cancel, replays::list, stats::stats,
     ),
     components(schemas(webhooks::Webhook, webhooks::WebhookWrite, deliveries::Attempt, deliveries::AttemptPage,

@@ -1,5 +1,6 @@
 //! `webhookd-bench`: measures a real `webhookd worker` process end to end, on this machine, against
-//! PostgreSQL and RabbitMQ on 127.0.0.1 and a fast local receiver.
+//! PostgreSQL and RabbitMQ on 127.0.0.1 and a fast local receiver (`relay`: a `webhookd serve` process,
+//! fed through its `POST /api/relay/label-studio/` as Label Studio would).
 //!
 //! ```text
 //! cargo build --release -p webhookd -p webhookd-bench
@@ -14,6 +15,7 @@ mod limits;
 mod procstat;
 mod publish;
 mod receiver;
+mod relay;
 mod report;
 mod sandbox;
 mod scenarios;
@@ -62,6 +64,7 @@ enum Scenario {
     FailingEndpoint,
     NoisyNeighbour,
     Soak,
+    Relay,
     Limits,
     All,
 }
@@ -72,7 +75,7 @@ enum ScaleArg {
     Full,
 }
 
-const ALL: [Scenario; 8] = [
+const ALL: [Scenario; 9] = [
     Scenario::Throughput,
     Scenario::Latency,
     Scenario::Fanout,
@@ -80,6 +83,7 @@ const ALL: [Scenario; 8] = [
     Scenario::FailingEndpoint,
     Scenario::NoisyNeighbour,
     Scenario::Soak,
+    Scenario::Relay,
     Scenario::Limits,
 ];
 
@@ -137,6 +141,7 @@ async fn run(cli: Cli) -> ExitCode {
             Scenario::FailingEndpoint => scenarios::failing_endpoint(&scale, bin).await,
             Scenario::NoisyNeighbour => scenarios::noisy_neighbour(&scale, bin).await,
             Scenario::Soak => scenarios::soak(&scale, bin).await,
+            Scenario::Relay => scenarios::relay(&scale, bin).await,
             Scenario::Limits => scenarios::limits(&scale).await,
             Scenario::All => continue,
         };
@@ -175,6 +180,7 @@ fn scenario_name(s: Scenario) -> &'static str {
         Scenario::FailingEndpoint => "failing-endpoint",
         Scenario::NoisyNeighbour => "noisy-neighbour",
         Scenario::Soak => "soak",
+        Scenario::Relay => "relay",
         Scenario::Limits => "limits",
         Scenario::All => "all",
     }

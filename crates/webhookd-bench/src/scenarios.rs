@@ -38,6 +38,10 @@ pub struct Scale {
     pub noisy_a_rate: f64,
     /// `noisy-neighbour`: how long both publish.
     pub noisy_secs: f64,
+    /// `relay`: Label Studio bodies relayed per second.
+    pub relay_rate: f64,
+    /// `relay`: how long they are relayed.
+    pub relay_secs: f64,
     /// Length of each `limits` measurement.
     pub limits_secs: f64,
     /// `soak`: events per second.
@@ -72,6 +76,8 @@ impl Scale {
             noisy_b_rate: 100.0,
             noisy_a_rate: 30.0,
             noisy_secs: 20.0,
+            relay_rate: 200.0,
+            relay_secs: 20.0,
             limits_secs: 5.0,
             soak_rate: 500.0,
             soak_secs: 1800.0,
@@ -98,6 +104,8 @@ impl Scale {
             noisy_b_rate: 50.0,
             noisy_a_rate: 20.0,
             noisy_secs: 2.0,
+            relay_rate: 50.0,
+            relay_secs: 2.0,
             limits_secs: 1.0,
             // Retention runs every 10 s at the least: the run outlasts one run after the start's.
             soak_rate: 50.0,
@@ -127,6 +135,7 @@ impl Scale {
             background: None,
             disk_every: None,
             check_logged: true,
+            relay: false,
         }
     }
 }
@@ -733,6 +742,60 @@ pub async fn noisy_neighbour(scale: &Scale, bin: &Path) -> Result<Report, BoxErr
         obj.insert("expected_deliveries".into(), json!(first_with.expected));
     }
     report.summary = Some(summary);
+    Ok(report)
+}
+
+/// `relay`'s target: the relay sits inside Label Studio's user requests, which wait for it.
+const RELAY_TARGET_P99_MS: f64 = 10.0;
+
+/// `relay`: Label Studio's webhook calls, at a fixed rate, each on a new connection, to
+/// `POST /api/relay/label-studio/` of a `webhookd serve` process, which delivers them to one webhook. The
+/// relay's response time against the target, and every relayed event delivered.
+pub async fn relay(scale: &Scale, bin: &Path) -> Result<Report, BoxError> {
+    let events = (scale.relay_rate * scale.relay_secs).round() as u64;
+    let mut spec = scale.spec(
+        &format!("{} ev/s relayed", scale.relay_rate),
+        vec![Behavior::Healthy],
+        events,
+    );
+    spec.rate = Some(scale.relay_rate);
+    spec.relay = true;
+    let run = logged_run(&spec, bin).await?;
+    let response = run.relay_response;
+    let lag = run.relay_start_lag;
+    let met = response.is_some_and(|r| r.p99 <= RELAY_TARGET_P99_MS);
+    let mut extra = Map::new();
+    extra.insert("rate_per_s".into(), json!(scale.relay_rate));
+    extra.insert("seconds".into(), json!(scale.relay_secs));
+    extra.insert("target_p99_ms".into(), json!(RELAY_TARGET_P99_MS));
+    extra.insert("target_met".into(), json!(met));
+    let mut report = single(
+        "relay",
+        scale,
+        &format!(
+            "{events} Label Studio bodies at {} ev/s, a new connection each, → POST /api/relay/label-studio/ \
+             of webhookd serve → 1 webhook",
+            scale.relay_rate
+        ),
+        run,
+        extra,
+    );
+    report.table.row(
+        "relay response p50 / p90 / p99 / max ms",
+        vec![response
+            .map(|r| format!("{:.2} / {:.2} / {:.2} / {:.2}", r.p50, r.p90, r.p99, r.max))
+            .unwrap_or_else(|| "-".to_owned())],
+    );
+    report.table.row(
+        "load generator lag p99 / max ms",
+        vec![lag
+            .map(|l| format!("{:.2} / {:.2}", l.p99, l.max))
+            .unwrap_or_else(|| "-".to_owned())],
+    );
+    report.table.row(
+        &format!("relay p99 ≤ {RELAY_TARGET_P99_MS} ms"),
+        vec![if met { "met" } else { "missed" }.to_owned()],
+    );
     Ok(report)
 }
 

@@ -1,6 +1,7 @@
 //! One worker-backed run: its own database and RabbitMQ names, a receiver, webhooks, a `webhookd worker`
-//! child process, the publishing, the wait for every delivery to be received and logged, the costs, and
-//! the clean-up (worker killed, topology deleted, database dropped), which happens whatever went wrong.
+//! child process (`webhookd serve` when the events are relayed over HTTP), the publishing, the wait for
+//! every delivery to be received and logged, the costs, and the clean-up (worker killed, topology deleted,
+//! database dropped), which happens whatever went wrong.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -11,11 +12,13 @@ use lapin::types::FieldTable;
 use lapin::Connection;
 use serde_json::{json, Value};
 use tokio::process::Child;
+use webhookd_store::api_tokens;
 use webhookd_store::webhooks::{self, NewWebhook};
 
 use crate::procstat::{self, Services};
 use crate::publish::{self, Plan, Published};
 use crate::receiver::{Behavior, Receiver, Snapshot};
+use crate::relay::{self, RelayTarget};
 use crate::report::{round, Percentiles};
 use crate::sandbox::Sandbox;
 use crate::BoxError;
@@ -61,6 +64,10 @@ pub struct RunSpec {
     pub disk_every: Option<Duration>,
     /// Whether every delivery must still be in the log at the end (not under a retention of minutes).
     pub check_logged: bool,
+    /// The measured events are POSTed as Label Studio bodies to `POST /api/relay/label-studio/` of a
+    /// `webhookd serve` process (API and worker), a new connection each, at `rate`, instead of being
+    /// published to RabbitMQ by the bench.
+    pub relay: bool,
 }
 
 /// The database's size at one moment of a run.
@@ -183,6 +190,10 @@ pub struct RunResult {
     pub background: Option<BackgroundResult>,
     /// The database's size over the run (`disk_every`), the first sample before publishing.
     pub disk: Vec<DiskSample>,
+    /// The relay's response times, milliseconds, when the events were relayed.
+    pub relay_response: Option<Percentiles>,
+    /// How late relay requests left against their schedule, milliseconds (the load generator's lag).
+    pub relay_start_lag: Option<Percentiles>,
 }
 
 impl RunResult {
@@ -255,6 +266,12 @@ impl RunResult {
                     }),
                 );
             }
+            if let Some(r) = self.relay_response {
+                obj.insert("relay_response_ms".into(), r.to_json());
+            }
+            if let Some(l) = self.relay_start_lag {
+                obj.insert("relay_start_lag_ms".into(), l.to_json());
+            }
             if let Some(b) = &self.background {
                 obj.insert(
                     "background".into(),
@@ -321,6 +338,29 @@ pub async fn run(spec: &RunSpec, worker_bin: &Path) -> Result<RunResult, BoxErro
     }
 }
 
+/// Waits until `webhookd serve`'s `/readyz` at `base` answers 200 (its database and broker reachable), for
+/// at most 60 s.
+async fn wait_until_ready(base: &str, process: &mut Child) -> Result<(), BoxError> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let started = Instant::now();
+    loop {
+        if let Some(status) = process.try_wait()? {
+            return Err(format!("webhookd serve exited during start-up: {status}").into());
+        }
+        let ready = client.get(format!("{base}/readyz")).send().await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            return Err(format!("{base}/readyz did not answer 200 within 60 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The timed webhook's retries against their due times (see [`Punctuality`]). The failed rows of at least
 /// `deliveries` deliveries are waited for (up to 10 s): each delivery's first attempt failed.
 async fn punctuality(
@@ -375,8 +415,21 @@ impl World {
     async fn drive(&mut self, spec: &RunSpec, worker_bin: &Path) -> Result<RunResult, BoxError> {
         self.sandbox.migrate(&spec.worker_env).await?;
         let mut worker_command = self.sandbox.command(&spec.worker_env);
+        let api_base = if spec.relay {
+            // `serve`: the API beside the worker, on a port of its own.
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| format!("finding a free port for the API: {e}"))?
+                .port();
+            worker_command
+                .arg("serve")
+                .env("WEBHOOKD_LISTEN", format!("127.0.0.1:{port}"));
+            Some(format!("http://127.0.0.1:{port}"))
+        } else {
+            worker_command.arg("worker");
+            None
+        };
         worker_command
-            .arg("worker")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         if spec.organizations.len() != spec.hooks.len() {
@@ -400,6 +453,13 @@ impl World {
             let (id, _secret) = webhooks::create_webhook(&mut client, &new).await?;
             webhook_ids.push(id);
         }
+        let relay_target = match &api_base {
+            Some(base) => Some(RelayTarget {
+                url: format!("{base}/api/relay/label-studio/"),
+                token: api_tokens::create_token(&**client, MEASURED_ORGANIZATION, "bench").await?,
+            }),
+            None => None,
+        };
         let measured_ids: Vec<i64> = spec
             .measured
             .iter()
@@ -446,6 +506,9 @@ impl World {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        if let Some(base) = &api_base {
+            wait_until_ready(base, worker).await?;
+        }
 
         let expected = spec.expected();
         let plan = Plan {
@@ -490,7 +553,15 @@ impl World {
                     None => Ok(None),
                 }
             };
-            let (main, background) = tokio::join!(publish::publish(connection, &plan), background);
+            let main = async {
+                match &relay_target {
+                    Some(target) => relay::relay(target, &plan)
+                        .await
+                        .map(|r| (r.published, Some(r))),
+                    None => publish::publish(connection, &plan).await.map(|p| (p, None)),
+                }
+            };
+            let (main, background) = tokio::join!(main, background);
             Ok::<_, BoxError>((main?, background?))
         };
         tokio::pin!(publishing);
@@ -567,7 +638,8 @@ impl World {
             }
         };
         let background_requests = receiver.requests(&background_hooks);
-        let (published, background_published) = published.ok_or("publishing did not finish")?;
+        let ((published, relayed), background_published) =
+            published.ok_or("publishing did not finish")?;
 
         // Every received delivery must also be in the log as succeeded (unless retention removes them).
         let logged_since = Instant::now();
@@ -665,6 +737,8 @@ impl World {
                 requests: background_requests,
             }),
             disk,
+            relay_response: relayed.and_then(|r| r.response),
+            relay_start_lag: relayed.and_then(|r| r.start_lag),
         })
     }
 

@@ -55,7 +55,7 @@ fn every_scenario_runs_at_tiny_scale_and_reports_every_delivery() {
 
     // Tiny scale: 500 events → 1 webhook; 2 s at 100 and at 200 ev/s; 20 events × 10 webhooks;
     // 50 events × the 9 healthy webhooks; 200 events to the failing webhook; 2 s at 50 ev/s × B's 5
-    // webhooks.
+    // webhooks; 2 s at 50 ev/s relayed to 1 webhook.
     for (scenario, deliveries) in [
         ("throughput", 500),
         ("latency", 600),
@@ -64,6 +64,7 @@ fn every_scenario_runs_at_tiny_scale_and_reports_every_delivery() {
         ("failing-endpoint", 200),
         ("noisy-neighbour", 500),
         ("soak", 600),
+        ("relay", 100),
     ] {
         let l = line(scenario);
         assert_eq!(l["scale"], "tiny");
@@ -144,6 +145,13 @@ fn every_scenario_runs_at_tiny_scale_and_reports_every_delivery() {
         last_events < 600 && most_events > 0,
         "retention removed events during the run: {soak}"
     );
+    let relay = line("relay");
+    assert_eq!(relay["logged"], 100, "{relay}");
+    assert_eq!(relay["relay_start_lag_ms"]["samples"], 100, "{relay}");
+    assert_eq!(relay["relay_response_ms"]["samples"], 100, "{relay}");
+    assert!(relay["relay_response_ms"]["p99"].is_number(), "{relay}");
+    assert!(relay["target_met"].is_boolean(), "{relay}");
+    assert_eq!(relay["latency_ms"]["samples"], 100, "{relay}");
 
     let limits = line("limits");
     for figure in [

@@ -93,25 +93,8 @@ impl Event {
             Some(org) if org > 0 => org,
             _ => return Err(field("organization", "must be a positive integer".into())),
         };
-        let action = match obj.remove("action") {
-            Some(Value::String(s)) => s,
-            _ => return Err(field("action", "must be a string".into())),
-        };
-        let spec = catalog
-            .get(&action)
-            .ok_or_else(|| EventError::UnknownAction(action.clone()))?;
-        let project = match obj.remove("project") {
-            None | Some(Value::Null) => None,
-            Some(Value::Object(p)) => Some(p),
-            Some(_) => return Err(field("project", "must be an object or null".into())),
-        };
-        let project_id = match &project {
-            None => None,
-            Some(p) => match p.get("id").and_then(Value::as_i64) {
-                Some(id) => Some(id),
-                None => return Err(field("project", "must have an integer `id`".into())),
-            },
-        };
+        let (action, spec) = take_action(&mut obj, catalog)?;
+        let (project, project_id) = scope(obj.remove("project"))?;
         if spec.organization_only && project.is_some() {
             return Err(EventError::OrganizationOnly(action));
         }
@@ -152,8 +135,38 @@ impl Event {
     }
 }
 
-fn field(field: &'static str, problem: String) -> EventError {
+pub(crate) fn field(field: &'static str, problem: String) -> EventError {
     EventError::Field { field, problem }
+}
+
+/// Takes `action` out of `obj` (keeping the order of the other keys): a string naming a catalog action.
+pub(crate) fn take_action<'c>(
+    obj: &mut Map<String, Value>,
+    catalog: &'c Catalog,
+) -> Result<(String, &'c ActionSpec), EventError> {
+    let action = match obj.shift_remove("action") {
+        Some(Value::String(s)) => s,
+        _ => return Err(field("action", "must be a string".into())),
+    };
+    match catalog.get(&action) {
+        Some(spec) => Ok((action, spec)),
+        None => Err(EventError::UnknownAction(action)),
+    }
+}
+
+/// A scoping project and its id (both `None` for an organization-level event).
+pub(crate) type Scope = (Option<Map<String, Value>>, Option<i64>);
+
+/// The scoping project of a `project` value (absent, `null`, or an object with an integer `id`) and its id.
+pub(crate) fn scope(project: Option<Value>) -> Result<Scope, EventError> {
+    match project {
+        None | Some(Value::Null) => Ok((None, None)),
+        Some(Value::Object(p)) => match p.get("id").and_then(Value::as_i64) {
+            Some(id) => Ok((Some(p), Some(id))),
+            None => Err(field("project", "must have an integer `id`".into())),
+        },
+        Some(_) => Err(field("project", "must be an object or null".into())),
+    }
 }
 
 /// Whether `id` may be a producer event id: 1 to `MAX_PRODUCER_ID_LEN` bytes of UTF-8, no control characters.
@@ -191,7 +204,10 @@ fn json_type(v: &Value) -> &'static str {
 }
 
 /// The payload must carry the action's key with the right type: a list for `many` actions, an object otherwise.
-fn check_payload_shape(spec: &ActionSpec, payload: &Map<String, Value>) -> Result<(), EventError> {
+pub(crate) fn check_payload_shape(
+    spec: &ActionSpec,
+    payload: &Map<String, Value>,
+) -> Result<(), EventError> {
     let shape_err = |problem: String| EventError::PayloadShape {
         action: spec.action.clone(),
         problem,

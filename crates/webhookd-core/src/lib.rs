@@ -9,6 +9,7 @@ pub mod event;
 pub mod ids;
 pub mod network_policy;
 pub mod python_json;
+pub mod relay;
 pub mod retry_policy;
 pub mod signature;
 pub mod static_headers;

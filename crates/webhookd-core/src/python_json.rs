@@ -1,6 +1,12 @@
 //! JSON serialization byte-compatible with Python's `json.dumps` defaults, which is what Label Studio's
-//! `requests.post(json=...)` puts on the wire: `", "` and `": "` separators, non-ASCII escaped as `\uXXXX`,
-//! and floats written as Python's `repr` writes them.
+//! `requests.post(json=...)` puts on the wire: `", "` and `": "` separators, every character outside
+//! printable ASCII (non-ASCII and DEL) escaped as `\uXXXX`, integers written with all their digits, and
+//! floats written as Python's `repr` writes them.
+//!
+//! The workspace builds `serde_json` with `arbitrary_precision`, so a parsed number keeps its text: an
+//! integer beyond 64 bits keeps every digit (Python's ints are unbounded), and a float is read from its
+//! text once, correctly rounded, here (the default parser of `serde_json` is off by one unit in the last
+//! place for about one 17-digit float in ten, which would change the digits `repr` writes).
 
 use std::io::{self, Write};
 
@@ -45,12 +51,14 @@ impl Formatter for PythonFormatter {
         writer: &mut W,
         fragment: &str,
     ) -> io::Result<()> {
-        if fragment.is_ascii() {
+        // Python's `ensure_ascii` escapes everything outside ' '..='~'; control characters come to
+        // `write_char_escape`, so DEL (0x7f) and non-ASCII are what is left to escape here.
+        if fragment.bytes().all(|b| b < 0x7f) {
             return writer.write_all(fragment.as_bytes());
         }
         let mut units = [0u16; 2];
         for ch in fragment.chars() {
-            if ch.is_ascii() {
+            if ch < '\u{7f}' {
                 writer.write_all(&[ch as u8])?;
             } else {
                 for unit in ch.encode_utf16(&mut units) {
@@ -87,6 +95,32 @@ impl Formatter for PythonFormatter {
     fn write_f32<W: ?Sized + Write>(&mut self, writer: &mut W, value: f32) -> io::Result<()> {
         self.write_f64(writer, f64::from(value))
     }
+
+    /// A number parsed into a `Value` (its JSON text, with `arbitrary_precision`).
+    fn write_number_str<W: ?Sized + Write>(
+        &mut self,
+        writer: &mut W,
+        value: &str,
+    ) -> io::Result<()> {
+        match python_number(value) {
+            Some(python) => writer.write_all(python.as_bytes()),
+            None => writer.write_all(value.as_bytes()),
+        }
+    }
+}
+
+/// What Python's `json.dumps(json.loads(text))` writes for the JSON number `text`, or `None` when that is
+/// `text` itself. Python reads a number without `.`, `e` or `E` as an int and writes every digit (`-0`
+/// becomes `0`); any other as a float, which it writes as `repr` does. A float beyond `f64`'s range, which
+/// Python would write as `Infinity` (not JSON), is left as written.
+fn python_number(text: &str) -> Option<String> {
+    if !text.contains(['.', 'e', 'E']) {
+        let negative_zero = text.starts_with('-') && text[1..].bytes().all(|b| b == b'0');
+        return negative_zero.then(|| "0".to_owned());
+    }
+    let value: f64 = text.parse().ok()?;
+    let python = python_float_repr(value);
+    (value.is_finite() && python != text).then_some(python)
 }
 
 /// Appends `value` to `out` as Python's `json.dumps` would write it.
@@ -166,6 +200,46 @@ mod tests {
             dumps(&v),
             r#"{"t": "caf\u00e9 \u2603 \ud83d\ude00\n\"/\u001f"}"#
         );
+    }
+
+    #[test]
+    fn del_is_escaped_as_ensure_ascii_does() {
+        // json.dumps({"t": "a\x7fb~"}) in Python 3
+        assert_eq!(dumps(&json!({"t": "a\u{7f}b~"})), r#"{"t": "a\u007fb~"}"#);
+        assert_eq!(dumps(&json!({"t": "\u{7f}é"})), r#"{"t": "\u007f\u00e9"}"#);
+    }
+
+    #[test]
+    fn parsed_numbers_are_written_as_python_writes_them_after_json_loads() {
+        // json.dumps(json.loads(text)) in Python 3, for each text.
+        let cases = [
+            (
+                "123456789012345678901234567890",
+                "123456789012345678901234567890",
+            ),
+            ("-98765432109876543210", "-98765432109876543210"),
+            ("18446744073709551615", "18446744073709551615"),
+            ("-0", "0"),
+            ("0", "0"),
+            ("1.10", "1.1"),
+            ("1E5", "100000.0"),
+            ("1e-5", "1e-05"),
+            ("1e+16", "1e+16"),
+            ("1.5e-400", "0.0"),
+            ("-0.0", "-0.0"),
+            ("0.30000000000000004", "0.30000000000000004"),
+            // Floats the default parser of serde_json reads one unit in the last place off.
+            ("985.6906946328695", "985.6906946328695"),
+            ("212.91890726713459", "212.91890726713459"),
+            ("479.60756426982596", "479.60756426982596"),
+        ];
+        for (text, python) in cases {
+            let parsed: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(dumps(&parsed), python, "{text}");
+        }
+        // Out of f64's range: Python writes `Infinity`, which is not JSON; the text is kept instead.
+        let huge: serde_json::Value = serde_json::from_str("[1e400]").unwrap();
+        assert_eq!(dumps(&huge), "[1e+400]");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! API tokens: minted for one organization, stored hashed, revocable.
 
+use deadpool_postgres::GenericClient as PooledClient;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use tokio_postgres::GenericClient;
@@ -41,16 +42,17 @@ pub async fn revoke_token(client: &impl GenericClient, key: &str) -> Result<bool
     Ok(n > 0)
 }
 
-/// The organization of a valid, unrevoked key.
+/// The organization of a valid, unrevoked key. Every API request asks, so the statement is prepared once per
+/// connection: one round trip to the database per request instead of two (prepare, then execute).
 pub async fn authenticate(
-    client: &impl GenericClient,
+    client: &impl PooledClient,
     key: &str,
 ) -> Result<Option<i64>, StoreError> {
-    let row = client
-        .query_opt(
+    let select = client
+        .prepare_cached(
             "SELECT organization FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
-            &[&hash(key)],
         )
         .await?;
+    let row = client.query_opt(&select, &[&hash(key)]).await?;
     Ok(row.map(|r| r.get(0)))
 }

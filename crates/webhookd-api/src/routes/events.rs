@@ -29,7 +29,11 @@ pub fn body_limit(settings: &ApiSettings) -> usize {
 }
 
 /// The envelope of `event` as published under `id`, or a 413 naming the limit if it is larger.
-fn envelope_within_limit(event: &mut Event, id: &str, max: usize) -> Result<String, ApiError> {
+pub(crate) fn envelope_within_limit(
+    event: &mut Event,
+    id: &str,
+    max: usize,
+) -> Result<String, ApiError> {
     event.producer_id = Some(id.to_owned());
     let envelope = event.to_envelope().to_string();
     if envelope.len() > max {
@@ -41,7 +45,8 @@ fn envelope_within_limit(event: &mut Event, id: &str, max: usize) -> Result<Stri
     Ok(envelope)
 }
 
-fn event_error(e: EventError) -> ApiError {
+/// A 400 for an invalid event, under the name of the field at fault.
+pub(crate) fn event_error(e: EventError) -> ApiError {
     let field = match &e {
         EventError::Field { field, .. } => *field,
         EventError::Version(_) => "version",
@@ -51,6 +56,22 @@ fn event_error(e: EventError) -> ApiError {
         EventError::NotJson(_) | EventError::NotObject => "non_field_errors",
     };
     ApiError::field(field, e.to_string())
+}
+
+/// Publishes `envelope` (event `id`) and returns once the broker has confirmed it; otherwise a 503 with
+/// `Retry-After` whose detail says why and ends with `retry`, what the client should do.
+pub(crate) async fn publish_confirmed(
+    state: &AppState,
+    action: &str,
+    envelope: &str,
+    id: &str,
+    retry: &str,
+) -> Result<(), ApiError> {
+    state
+        .broker
+        .publish_event(action, envelope.as_bytes(), id)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("The event was not published: {e}. {retry}")))
 }
 
 /// Publishes one event (version-1 envelope; `organization` defaults to the token's).
@@ -122,15 +143,14 @@ pub async fn ingest(
             }
         }
     }
-    if let Err(e) = state
-        .broker
-        .publish_event(&event.action, envelope.as_bytes(), &id)
-        .await
-    {
-        return Err(ApiError::Unavailable(format!(
-            "The event was not published: {e}. Retry the request (with the same Idempotency-Key) to publish it."
-        )));
-    }
+    publish_confirmed(
+        &state,
+        &event.action,
+        &envelope,
+        &id,
+        "Retry the request (with the same Idempotency-Key) to publish it.",
+    )
+    .await?;
     if let Some(key) = &key {
         let client = state.pool.get().await?;
         events::mark_key_published(&**client, principal.organization, key).await?;

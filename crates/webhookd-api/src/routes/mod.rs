@@ -3,6 +3,7 @@
 pub mod deliveries;
 pub mod events;
 pub mod info;
+pub mod relay;
 pub mod replays;
 pub mod secrets;
 pub mod stats;
