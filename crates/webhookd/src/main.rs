@@ -321,7 +321,7 @@ pub(crate) async fn stop_on_signal(shutdown: CancellationToken) {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-    tracing::info!("shutdown requested; finishing in-flight deliveries");
+    tracing::info!("shutdown requested; finishing in-flight work");
     shutdown.cancel();
 }
 

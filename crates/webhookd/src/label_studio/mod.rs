@@ -261,25 +261,21 @@ async fn round(
         .as_ref()
         .map(|k| format!("Token {k}"))
         .unwrap_or_default();
-    let mut failed = Vec::new();
-    for step in &plan.steps {
-        match apply(config, ls, pool, step, &authorization, relay_url).await {
-            Ok(()) => println!("done: {step}"),
-            Err(e) => {
-                eprintln!("webhookd: label-studio connect: {step}: {e}");
-                failed.push(step.to_string());
-            }
+    // In order, stopping at the first failure: later steps rely on earlier ones (the relays are in place
+    // before an original is turned off or a per-project relay deleted). The next run takes it up again.
+    for (done, step) in plan.steps.iter().enumerate() {
+        if let Err(e) = apply(config, ls, pool, step, &authorization, relay_url).await {
+            print_notes(&plan);
+            return Err(format!(
+                "{step}: {e} ({done} of {} changes made; run again to finish)",
+                plan.steps.len()
+            ));
         }
+        println!("done: {step}");
     }
     print_notes(&plan);
     println!("{}", summary(&plan, "connected"));
-    match failed.len() {
-        0 => Ok(()),
-        n => Err(format!(
-            "{n} of {} changes failed (above)",
-            plan.steps.len()
-        )),
-    }
+    Ok(())
 }
 
 /// Whether the plan sends the relay's token (creates or updates a relay).
