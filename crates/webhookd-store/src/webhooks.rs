@@ -116,7 +116,7 @@ fn subscription_from_row(row: &Row) -> Result<Subscription, StoreError> {
 }
 
 /// A webhook to create; the fields and defaults of Label Studio's.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NewWebhook {
     /// Owning organization (created if missing).
     pub organization: i64,

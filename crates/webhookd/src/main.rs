@@ -2,6 +2,7 @@
 
 mod config;
 mod demo;
+mod label_studio;
 mod logging;
 mod memory;
 mod replay;
@@ -47,6 +48,16 @@ enum Command {
     /// Replay stored events to a webhook (backfill, or re-send what it missed), follow or cancel a replay.
     #[command(subcommand)]
     Replay(ReplayCommand),
+    /// Connect an unmodified Label Studio: its webhooks relay every action to webhookd (docs/label-studio.md).
+    #[command(subcommand)]
+    LabelStudio(LabelStudioCommand),
+}
+
+#[derive(Subcommand)]
+enum LabelStudioCommand {
+    /// Put a relay webhook to webhookd on every Label Studio project (creating or updating it, never twice),
+    /// or rely on an organization-level relay; optionally import Label Studio's other webhooks.
+    Connect(label_studio::ConnectArgs),
 }
 
 #[derive(Subcommand)]
@@ -158,6 +169,7 @@ fn main() -> ExitCode {
                 | Command::Migrate
                 | Command::Demo
                 | Command::Replay(_)
+                | Command::LabelStudio(_)
         ),
     );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -180,6 +192,9 @@ fn main() -> ExitCode {
             Command::Migrate => migrate(&config).await,
             Command::Publish(args) => publish(&config, args).await,
             Command::Replay(cmd) => replay::run(&config, cmd).await,
+            Command::LabelStudio(LabelStudioCommand::Connect(args)) => {
+                label_studio::connect(&config, args).await
+            }
         }
     });
     match result {
@@ -286,7 +301,7 @@ async fn token(config: &Config, cmd: TokenCommand) -> Result<(), String> {
     Ok(())
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
+pub(crate) async fn stop_on_signal(shutdown: CancellationToken) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -306,7 +321,7 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-    tracing::info!("shutdown requested; finishing in-flight deliveries");
+    tracing::info!("shutdown requested; finishing in-flight work");
     shutdown.cancel();
 }
 
