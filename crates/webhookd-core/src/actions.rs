@@ -30,7 +30,7 @@ pub const PING: &str = "PING";
 pub const UNKNOWN_ACTION: &str = "";
 
 /// The twelve built-in Label Studio actions: (action, name, key, many, organization-only), in `/info/` order.
-const BUILTIN: [(&str, &str, &str, bool, bool); 12] = [
+pub(crate) const BUILTIN: [(&str, &str, &str, bool, bool); 12] = [
     ("PROJECT_CREATED", "Project created", "project", false, true),
     (
         "PROJECT_UPDATED",

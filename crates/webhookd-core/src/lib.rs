@@ -22,4 +22,4 @@ pub use ids::{DeliveryId, EventId};
 pub use network_policy::NetworkPolicy;
 pub use retry_policy::{AttemptResult, RetryPolicy, Verdict};
 pub use signature::SigningSecret;
-pub use subscription::{Subscription, SubscriptionIndex};
+pub use subscription::{ActionSet, Reload, Subscription, SubscriptionIndex};

@@ -12,7 +12,7 @@ const SECRET_BYTES: usize = 24;
 
 /// A webhook signing secret, written `whsec_<base64>`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct SigningSecret(Vec<u8>);
+pub struct SigningSecret(Box<[u8]>);
 
 impl std::fmt::Debug for SigningSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -36,7 +36,7 @@ impl SigningSecret {
     pub fn generate() -> Self {
         let mut bytes = vec![0u8; SECRET_BYTES];
         rand::thread_rng().fill_bytes(&mut bytes);
-        Self(bytes)
+        Self(bytes.into())
     }
 
     /// Parses `whsec_<base64>`.
@@ -46,7 +46,7 @@ impl SigningSecret {
         if !(24..=64).contains(&bytes.len()) {
             return Err(SecretError::Length(bytes.len()));
         }
-        Ok(Self(bytes))
+        Ok(Self(bytes.into()))
     }
 
     /// The `whsec_` form, for storage and for showing to the webhook's owner.

@@ -117,16 +117,16 @@ mod tests {
             id: 1,
             organization: 1,
             project: None,
-            url: url.to_owned(),
+            url: url.into(),
             send_payload: true,
             send_for_all_actions: true,
             headers: headers
                 .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .map(|(n, v)| ((*n).into(), (*v).into()))
                 .collect(),
             is_active: true,
             actions: Default::default(),
-            secrets: vec![SigningSecret::generate()],
+            secrets: [SigningSecret::generate()].into(),
         }
     }
 

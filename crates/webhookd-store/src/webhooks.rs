@@ -1,8 +1,6 @@
 //! Webhooks: reading them as subscriptions for the worker's cache, and creating, listing, updating and
 //! deleting them and rotating their secrets for the API.
 
-use std::collections::BTreeSet;
-
 use serde_json::{Map, Value};
 use tokio_postgres::{GenericClient, Row};
 use webhookd_core::{SigningSecret, Subscription};
@@ -34,14 +32,26 @@ const SELECT_ONE_SUBSCRIPTION: &str =
     select_subscriptions!("WHERE w.organization = $1 AND w.id = $2");
 
 /// Every webhook (of one organization, or of all), active or not, as the worker matches and sends them.
-///
-/// The rows are read as a stream and each is turned into a subscription as it arrives: the whole result is never
-/// held as rows next to the subscriptions made of them (at 100,000 webhooks that doubled the worker's peak memory
-/// at every full load).
 pub async fn load_subscriptions(
     client: &impl GenericClient,
     organization: Option<i64>,
 ) -> Result<Vec<Subscription>, StoreError> {
+    let mut subs = Vec::new();
+    for_each_subscription(client, organization, |sub| subs.push(sub)).await?;
+    subs.shrink_to_fit();
+    Ok(subs)
+}
+
+/// [`load_subscriptions`], handing each webhook to `each` as its row arrives.
+///
+/// The rows are read as a stream and each is turned into a subscription as it arrives: the whole result is never
+/// held as rows next to the subscriptions made of them (at 100,000 webhooks that doubled the worker's peak memory
+/// at every full load), nor as a list of subscriptions next to the cache they replace.
+pub async fn for_each_subscription(
+    client: &impl GenericClient,
+    organization: Option<i64>,
+    mut each: impl FnMut(Subscription),
+) -> Result<(), StoreError> {
     use futures::TryStreamExt;
     let rows = match organization {
         Some(organization) => {
@@ -62,16 +72,14 @@ pub async fn load_subscriptions(
         }
     };
     let mut rows = std::pin::pin!(rows);
-    let mut subs = Vec::new();
     while let Some(row) = rows.try_next().await? {
         match subscription_from_row(&row) {
-            Ok(sub) => subs.push(sub),
+            Ok(sub) => each(sub),
             // One unusable row must not stop every other webhook from being delivered to.
             Err(e) => tracing::error!(error = %e, "webhook skipped: its row cannot be used"),
         }
     }
-    subs.shrink_to_fit();
-    Ok(subs)
+    Ok(())
 }
 
 /// Webhook `id` of `organization`, as the worker sends to it; an unusable row is an error here.
@@ -92,9 +100,12 @@ fn subscription_from_row(row: &Row) -> Result<Subscription, StoreError> {
     let headers = match headers {
         Value::Object(map) => map
             .into_iter()
-            .map(|(k, v)| match v {
-                Value::String(s) => (k, s),
-                other => (k, other.to_string()),
+            .map(|(k, v)| {
+                let v = match v {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                (k.into_boxed_str(), v.into_boxed_str())
             })
             .collect(),
         other => {
@@ -106,29 +117,31 @@ fn subscription_from_row(row: &Row) -> Result<Subscription, StoreError> {
     let secret: String = row.try_get("secret")?;
     let secret = SigningSecret::parse(&secret)
         .map_err(|e| StoreError::Corrupt(format!("webhook {id} secret: {e}")))?;
-    let mut secrets = vec![secret];
-    let previous: Vec<String> = row.try_get("previous_secrets")?;
+    let previous: Vec<&str> = row.try_get("previous_secrets")?;
+    let mut secrets = Vec::with_capacity(1 + previous.len());
+    secrets.push(secret);
     for old in previous {
         // A rotated-out secret only adds a signature: one that cannot be read is left out, not the webhook.
-        match SigningSecret::parse(&old) {
+        match SigningSecret::parse(old) {
             Ok(s) => secrets.push(s),
             Err(e) => {
                 tracing::error!(webhook_id = id, error = %e, "a previous signing secret cannot be used; signing without it")
             }
         }
     }
-    let actions: Vec<String> = row.try_get("actions")?;
+    let actions: Vec<&str> = row.try_get("actions")?;
+    let url: &str = row.try_get("url")?;
     Ok(Subscription {
         id,
         organization: row.try_get("organization")?,
         project: row.try_get("project")?,
-        url: row.try_get("url")?,
+        url: url.into(),
         send_payload: row.try_get("send_payload")?,
         send_for_all_actions: row.try_get("send_for_all_actions")?,
         headers,
         is_active: row.try_get("is_active")?,
-        actions: actions.into_iter().collect::<BTreeSet<_>>(),
-        secrets,
+        actions: actions.into_iter().collect(),
+        secrets: secrets.into_boxed_slice(),
     })
 }
 

@@ -50,12 +50,18 @@ impl SubscriptionCache {
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
-    /// Re-reads every webhook.
+    /// Re-reads every webhook. Each row is compared with the snapshot's copy as it arrives: an unchanged
+    /// webhook keeps the snapshot's `Arc` (the row's copy is dropped at once) and an unchanged organization
+    /// the snapshot's lists, so the reload holds a second copy only of what changed.
     pub async fn load_all(&self, pool: &Pool) -> Result<(), StoreError> {
         let started = Instant::now();
         let client = pool.get().await?;
-        let subs = webhooks::load_subscriptions(&**client, None).await?;
-        self.replace(SubscriptionIndex::new(subs));
+        let current = self.snapshot();
+        let mut reload = current.full_reload();
+        webhooks::for_each_subscription(&**client, None, |sub| reload.push(sub)).await?;
+        let next = reload.finish();
+        drop(current);
+        self.replace(next);
         observe_refresh("all", started);
         Ok(())
     }
