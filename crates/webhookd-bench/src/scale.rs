@@ -397,6 +397,8 @@ struct WebhooksRun {
     worker_loaded_s: f64,
     rss: (Option<f64>, Option<f64>),
     rss_after_updates: (Option<f64>, Option<f64>),
+    /// After the worker's minutely full reload (full scale, largest total only): RSS, HWM, and how long it took.
+    after_full_reload: Option<(Option<f64>, Option<f64>, f64)>,
     seen_update: Percentiles,
     api_list: Percentiles,
     api_list_size: usize,
@@ -415,6 +417,9 @@ impl WebhooksRun {
             "worker_hwm_mib": self.rss.1.map(|v| round(v, 1)),
             "worker_rss_after_updates_mib": self.rss_after_updates.0.map(|v| round(v, 1)),
             "worker_hwm_after_updates_mib": self.rss_after_updates.1.map(|v| round(v, 1)),
+            "worker_rss_after_full_reload_mib": self.after_full_reload.and_then(|r| r.0).map(|v| round(v, 1)),
+            "worker_hwm_after_full_reload_mib": self.after_full_reload.and_then(|r| r.1).map(|v| round(v, 1)),
+            "worker_full_reload_ms": self.after_full_reload.map(|r| round(r.2, 1)),
             "worker_sees_update_ms": millis(&self.seen_update),
             "api_list_webhooks_ms": millis(&self.api_list),
             "api_list_webhooks_size": self.api_list_size,
@@ -470,6 +475,12 @@ async fn webhooks_part(sizes: &ScaleSizes, bin: &Path) -> Result<Report, BoxErro
     row("worker VmHWM after updates, MiB", &|r| {
         num(r.rss_after_updates.1, 1)
     });
+    row("worker VmHWM after its minutely full reload, MiB", &|r| {
+        num(r.after_full_reload.and_then(|a| a.1), 1)
+    });
+    row("worker's minutely full reload, ms", &|r| {
+        num(r.after_full_reload.map(|a| a.2), 1)
+    });
     row("UPDATE → worker's cache p50 ms", &|r| {
         num(Some(r.seen_update.p50), 1)
     });
@@ -490,7 +501,9 @@ async fn webhooks_part(sizes: &ScaleSizes, bin: &Path) -> Result<Report, BoxErro
         "organizations": sizes.organizations,
         "runs": runs.iter().map(WebhooksRun::to_json).collect::<Vec<_>>(),
         "rss_target_mib": 96,
-        "rss_target_met": largest.and_then(|r| r.rss.1).map(|hwm| hwm <= 96.0),
+        "rss_target_met": largest
+            .and_then(|r| r.after_full_reload.and_then(|a| a.1).or(r.rss_after_updates.1))
+            .map(|hwm| hwm <= 96.0),
     });
     Ok(Report {
         table,
@@ -609,6 +622,38 @@ async fn webhooks_run(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let rss_after_updates = rss_mib(pid);
+    // The largest total at full scale also waits for the worker's minutely full reload (start-up makes two:
+    // before and after its listener connects), which re-reads every webhook next to the cache it replaces.
+    let after_full_reload =
+        if sizes.name == "full" && sizes.webhook_totals.iter().max() == Some(&total) {
+            let all = |m: &str, what: &str| {
+                metric(
+                    m,
+                    &format!("webhookd_subscription_refresh_seconds_{what}{{scope=\"all\"}}"),
+                )
+            };
+            let first = metrics(&http, &ops).await.unwrap_or_default();
+            let (count0, sum0) = (all(&first, "count"), all(&first, "sum"));
+            let t = Instant::now();
+            loop {
+                stage.check_alive()?;
+                let now = metrics(&http, &ops).await.unwrap_or_default();
+                if let (Some(c), Some(s), Some(c0), Some(s0)) =
+                    (all(&now, "count"), all(&now, "sum"), count0, sum0)
+                {
+                    if c > c0 {
+                        let (rss, hwm) = rss_mib(pid);
+                        break Some((rss, hwm, (s - s0) * 1000.0 / (c - c0)));
+                    }
+                }
+                if t.elapsed() > Duration::from_secs(90) {
+                    return Err("the worker made no full reload within 90 s".into());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        } else {
+            None
+        };
 
     // A real API: the webhooks of organization 1 (total / organizations of them).
     let (_, api) = stage.spawn("api", &[])?;
@@ -640,6 +685,7 @@ async fn webhooks_run(
         worker_loaded_s,
         rss,
         rss_after_updates,
+        after_full_reload,
         seen_update: percentiles_of(seen)?,
         api_list,
         api_list_size: listed.len(),
