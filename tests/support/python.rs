@@ -6,9 +6,13 @@ use std::process::Command;
 
 /// The pins, one `name==version` a line.
 const REQUIREMENTS: &str = include_str!("../requirements.txt");
+/// Label Studio's pin (apart: it is large, and only tests/label_studio.rs needs it).
+const LABEL_STUDIO_REQUIREMENTS: &str = include_str!("../requirements-label-studio.txt");
 
 /// The variable naming a python that has every package of tests/requirements.txt.
 pub const PYTHON_VAR: &str = "WEBHOOKD_TEST_PYTHON";
+/// The variable naming a python that has Label Studio (tests/requirements-label-studio.txt).
+pub const LABEL_STUDIO_PYTHON_VAR: &str = "WEBHOOKD_TEST_LABEL_STUDIO_PYTHON";
 
 /// A python that can import `package` at its pinned version: `$WEBHOOKD_TEST_PYTHON` when set, otherwise a
 /// virtualenv under the target directory holding that one package, created on first use.
@@ -19,6 +23,24 @@ pub fn python_with(package: &str) -> PathBuf {
     }
 }
 
+/// A python that has Label Studio at its pinned version: `$WEBHOOKD_TEST_LABEL_STUDIO_PYTHON` when set,
+/// otherwise a virtualenv under the target directory, created on first use.
+pub fn label_studio_python() -> PathBuf {
+    match std::env::var_os(LABEL_STUDIO_PYTHON_VAR).filter(|p| !p.is_empty()) {
+        Some(python) => PathBuf::from(python),
+        None => venv(
+            "py-label-studio",
+            &requirement_in(LABEL_STUDIO_REQUIREMENTS, "label-studio"),
+        ),
+    }
+}
+
+/// The pinned version of Label Studio.
+pub fn label_studio_version() -> String {
+    let line = requirement_in(LABEL_STUDIO_REQUIREMENTS, "label-studio");
+    line["label-studio".len() + 2..].to_owned()
+}
+
 /// The pinned version of `package` in tests/requirements.txt, for a script to check what it imported.
 pub fn pinned_version(package: &str) -> String {
     let line = requirement(package);
@@ -26,14 +48,18 @@ pub fn pinned_version(package: &str) -> String {
 }
 
 fn requirement(package: &str) -> String {
-    REQUIREMENTS
+    requirement_in(REQUIREMENTS, package)
+}
+
+fn requirement_in(requirements: &str, package: &str) -> String {
+    requirements
         .lines()
         .map(str::trim)
         .find(|line| {
             line.strip_prefix(package)
                 .is_some_and(|v| v.starts_with("=="))
         })
-        .unwrap_or_else(|| panic!("tests/requirements.txt does not pin {package}"))
+        .unwrap_or_else(|| panic!("the requirements files of tests/ do not pin {package}"))
         .to_owned()
 }
 

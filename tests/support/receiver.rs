@@ -29,6 +29,18 @@ impl Received {
             .get(name)
             .map(|v| v.to_str().unwrap().to_owned())
     }
+
+    /// Asserts that the request carries a Standard Webhooks signature of its body by `secret`.
+    pub fn assert_signed(&self, secret: &webhookd_core::SigningSecret) {
+        let header = self.header("webhook-signature").expect("a signature");
+        let ts: i64 = self.header("webhook-timestamp").unwrap().parse().unwrap();
+        let id = self.header("webhook-id").unwrap();
+        assert!(
+            webhookd_core::signature::verify(secret, &id, ts, &self.body, &header),
+            "the signature of {} does not verify",
+            String::from_utf8_lossy(&self.body)
+        );
+    }
 }
 
 /// How to answer the n-th request (0-based) to a path: status, extra headers, delay before answering.

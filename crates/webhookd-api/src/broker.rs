@@ -147,6 +147,25 @@ impl Broker {
         self.publish(exchange, action, body, Some(message_id)).await
     }
 
+    /// Queues attempts of several deliveries, due now, up to `MAX_TASKS_PER_MESSAGE` per message (as the worker
+    /// batches its own retries): one confirmed publish per 64 deliveries, not per delivery. Returns how many
+    /// were queued when the broker refused one message (the earlier ones stay queued).
+    pub async fn publish_retries(
+        &self,
+        tasks: &[RetryTask],
+    ) -> Result<usize, (usize, BrokerError)> {
+        let queue = self.topology.retry_queue();
+        let mut queued = 0;
+        for batch in tasks.chunks(webhookd_broker::retry_task::MAX_TASKS_PER_MESSAGE) {
+            let body = webhookd_broker::retry_task::encode(batch);
+            self.publish("", &queue, &body, None)
+                .await
+                .map_err(|e| (queued, e))?;
+            queued += batch.len();
+        }
+        Ok(queued)
+    }
+
     /// Queues an attempt of a delivery, due now.
     pub async fn publish_retry(&self, task: &RetryTask) -> Result<(), BrokerError> {
         let body = webhookd_broker::retry_task::encode(std::slice::from_ref(task));

@@ -18,6 +18,7 @@ mod receiver;
 mod relay;
 mod report;
 mod sandbox;
+mod scale;
 mod scenarios;
 mod world;
 
@@ -41,6 +42,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 struct Cli {
     /// What to measure.
     scenario: Scenario,
+    /// `scale` only: one of its parts (webhooks, backlog, log); all three when left out.
+    #[arg(value_enum)]
+    part: Option<ScalePart>,
     /// `full`: the figures of the issue (minutes); `tiny`: seconds per scenario, for tests.
     #[arg(long, value_enum, default_value_t = ScaleArg::Full)]
     scale: ScaleArg,
@@ -56,6 +60,23 @@ struct Cli {
     /// `latency`: the rates to run, events per second, comma-separated (default: 500,2000 at full scale).
     #[arg(long, value_delimiter = ',')]
     rates: Vec<f64>,
+    /// `scale webhooks`: the totals measured, e.g. `--webhooks 10,100000` (default: the scale's).
+    #[arg(long, value_delimiter = ',')]
+    webhooks: Option<Vec<u64>>,
+    /// `scale backlog`: events queued before the worker starts (default: the scale's).
+    #[arg(long)]
+    backlog_events: Option<u64>,
+    /// `scale log`: events in the generated log; each is delivered to its organization's 10 webhooks (full
+    /// scale), so the log holds about 10.3 rows per event (default: the scale's).
+    #[arg(long)]
+    log_events: Option<i64>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ScalePart {
+    Webhooks,
+    Backlog,
+    Log,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -69,6 +90,7 @@ enum Scenario {
     Soak,
     Relay,
     Limits,
+    Scale,
     All,
 }
 
@@ -78,7 +100,7 @@ enum ScaleArg {
     Full,
 }
 
-const ALL: [Scenario; 9] = [
+const ALL: [Scenario; 10] = [
     Scenario::Throughput,
     Scenario::Latency,
     Scenario::Fanout,
@@ -88,6 +110,7 @@ const ALL: [Scenario; 9] = [
     Scenario::Soak,
     Scenario::Relay,
     Scenario::Limits,
+    Scenario::Scale,
 ];
 
 fn main() -> ExitCode {
@@ -119,6 +142,29 @@ async fn run(cli: Cli) -> ExitCode {
     if !cli.rates.is_empty() {
         scale.latency_rates = cli.rates.clone();
     }
+    let mut sizes = match cli.scale {
+        ScaleArg::Tiny => scale::ScaleSizes::tiny(),
+        ScaleArg::Full => scale::ScaleSizes::full(),
+    };
+    if let Some(totals) = cli.webhooks {
+        sizes.webhook_totals = totals;
+    }
+    if let Some(n) = cli.backlog_events {
+        sizes.backlog_events = n;
+    }
+    if let Some(n) = cli.log_events {
+        sizes.log_events = n;
+    }
+    let parts: Vec<scale::Part> = match cli.part {
+        Some(ScalePart::Webhooks) => vec![scale::Part::Webhooks],
+        Some(ScalePart::Backlog) => vec![scale::Part::Backlog],
+        Some(ScalePart::Log) => vec![scale::Part::Log],
+        None => vec![
+            scale::Part::Webhooks,
+            scale::Part::Backlog,
+            scale::Part::Log,
+        ],
+    };
     let selected: Vec<Scenario> = match cli.scenario {
         Scenario::All => ALL.to_vec(),
         one => vec![one],
@@ -143,32 +189,44 @@ async fn run(cli: Cli) -> ExitCode {
         let name = scenario_name(scenario);
         eprintln!("bench: scenario {name} ({} scale)", scale.name);
         let bin = worker_bin.as_deref().unwrap_or(Path::new("webhookd"));
+        let one = |r: Result<Report, BoxError>| r.map(|r| vec![r]);
         let result = match scenario {
-            Scenario::Throughput => scenarios::throughput(&scale, bin).await,
-            Scenario::Latency => scenarios::latency(&scale, bin).await,
-            Scenario::Fanout => scenarios::fanout(&scale, bin).await,
-            Scenario::SlowEndpoint => scenarios::slow_endpoint(&scale, bin).await,
-            Scenario::FailingEndpoint => scenarios::failing_endpoint(&scale, bin).await,
-            Scenario::NoisyNeighbour => scenarios::noisy_neighbour(&scale, bin).await,
-            Scenario::Soak => scenarios::soak(&scale, bin).await,
-            Scenario::Relay => scenarios::relay(&scale, bin).await,
-            Scenario::Limits => scenarios::limits(&scale).await,
+            Scenario::Throughput => one(scenarios::throughput(&scale, bin).await),
+            Scenario::Latency => one(scenarios::latency(&scale, bin).await),
+            Scenario::Fanout => one(scenarios::fanout(&scale, bin).await),
+            Scenario::SlowEndpoint => one(scenarios::slow_endpoint(&scale, bin).await),
+            Scenario::FailingEndpoint => one(scenarios::failing_endpoint(&scale, bin).await),
+            Scenario::NoisyNeighbour => one(scenarios::noisy_neighbour(&scale, bin).await),
+            Scenario::Soak => one(scenarios::soak(&scale, bin).await),
+            Scenario::Relay => one(scenarios::relay(&scale, bin).await),
+            Scenario::Limits => one(scenarios::limits(&scale).await),
+            Scenario::Scale => scale::run(&sizes, &parts, bin).await,
             Scenario::All => continue,
         };
         match result {
-            Ok(Report {
-                table,
-                summary,
-                json,
-            }) => {
-                println!("{}", table.render());
-                if let Some(summary) = summary {
-                    println!("{}", summary.render());
+            Ok(reports) => {
+                for Report {
+                    table,
+                    summary,
+                    json,
+                } in reports
+                {
+                    println!("{}", table.render());
+                    if let Some(summary) = summary {
+                        println!("{}", summary.render());
+                    }
+                    println!("{json}");
                 }
-                println!("{json}");
             }
             Err(e) => {
-                eprintln!("webhookd-bench: scenario {name} failed: {e}");
+                // Some errors (tokio-postgres' "db error") say what went wrong only in their sources.
+                let mut message = e.to_string();
+                let mut source = e.source();
+                while let Some(cause) = source {
+                    message.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                eprintln!("webhookd-bench: scenario {name} failed: {message}");
                 failed.push(name);
             }
         }
@@ -192,6 +250,7 @@ fn scenario_name(s: Scenario) -> &'static str {
         Scenario::Soak => "soak",
         Scenario::Relay => "relay",
         Scenario::Limits => "limits",
+        Scenario::Scale => "scale",
         Scenario::All => "all",
     }
 }

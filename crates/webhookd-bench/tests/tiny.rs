@@ -153,6 +153,58 @@ fn every_scenario_runs_at_tiny_scale_and_reports_every_delivery() {
     assert!(relay["target_met"].is_boolean(), "{relay}");
     assert_eq!(relay["latency_ms"]["samples"], 100, "{relay}");
 
+    // Scale (issue 12), its three parts at tiny sizes.
+    let webhooks = line("scale-webhooks");
+    let runs = webhooks["runs"].as_array().expect("scale-webhooks runs");
+    assert_eq!(runs.len(), 2, "{webhooks}");
+    for run in runs {
+        assert!(
+            run["match_ns_per_event"].as_f64().unwrap_or(0.0) > 0.0,
+            "{run}"
+        );
+        assert!(
+            run["refresh_one_organization_ms"]["p99"].is_number(),
+            "{run}"
+        );
+        assert!(run["worker_hwm_mib"].as_f64().unwrap_or(0.0) > 0.0, "{run}");
+        assert!(run["worker_sees_update_ms"]["p50"].is_number(), "{run}");
+        assert!(run["api_list_webhooks_ms"]["p99"].is_number(), "{run}");
+    }
+    // 200 webhooks over 20 organizations: organization 1 lists 10.
+    assert_eq!(runs[1]["api_list_webhooks_size"], 10, "{webhooks}");
+    let backlog = line("scale-backlog");
+    assert_eq!(backlog["logged"], 1_500, "{backlog}");
+    assert!(
+        backlog["drain_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+        "{backlog}"
+    );
+    assert!(
+        backlog["throughput_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+        "{backlog}"
+    );
+    assert!(
+        !backlog["intervals"]
+            .as_array()
+            .expect("intervals")
+            .is_empty(),
+        "{backlog}"
+    );
+    let log = line("scale-log");
+    // 2,000 events × 3 webhooks, 3 % of the deliveries with two rows.
+    let rows = log["rows"].as_i64().unwrap_or(0);
+    assert!((6_000..6_500).contains(&rows), "{log}");
+    let figures = log["figures"].as_array().expect("scale-log figures");
+    assert_eq!(figures.len(), 11, "{log}");
+    assert!(figures.iter().all(|f| f["ms"]["p99"].is_number()), "{log}");
+    assert!(log["drop_partition_ms"].is_number(), "{log}");
+    assert!(
+        log["recovered_per_call"][1]["redelivered"]
+            .as_i64()
+            .unwrap_or(0)
+            > 0,
+        "recover found the dead and overdue deliveries: {log}"
+    );
+
     let limits = line("limits");
     for figure in [
         "http_requests_per_s",

@@ -507,32 +507,57 @@ pub struct AttemptQuery {
 
 /// A page of the attempts of `scope`, newest first. A webhook's page reads the index on
 /// `(webhook_id, created_at DESC, id DESC)`, an organization's the one on `(organization, created_at DESC, id DESC)`.
+/// The cursor also bounds `created_at` alone, which the planner prunes partitions with (it does not with the
+/// row comparison): a deep page reads the partitions from the cursor's back, not every newer one.
 pub async fn list_attempts(
     client: &impl tokio_postgres::GenericClient,
     scope: LogScope,
     q: &AttemptQuery,
 ) -> Result<Vec<AttemptRecord>, StoreError> {
+    let rows = query_attempts(client, scope, q, "").await?;
+    rows.iter().map(attempt_from_row).collect()
+}
+
+/// The plan PostgreSQL runs [`list_attempts`] with, as `EXPLAIN (ANALYZE, COSTS OFF)` prints it (it runs the
+/// query): for benchmarks and for operators who want to see which indexes and partitions a page reads.
+pub async fn explain_list_attempts(
+    client: &impl tokio_postgres::GenericClient,
+    scope: LogScope,
+    q: &AttemptQuery,
+) -> Result<Vec<String>, StoreError> {
+    let rows = query_attempts(client, scope, q, "EXPLAIN (ANALYZE, COSTS OFF) ").await?;
+    rows.iter()
+        .map(|r| r.try_get::<_, String>(0).map_err(StoreError::from))
+        .collect()
+}
+
+async fn query_attempts(
+    client: &impl tokio_postgres::GenericClient,
+    scope: LogScope,
+    q: &AttemptQuery,
+    prefix: &str,
+) -> Result<Vec<tokio_postgres::Row>, StoreError> {
     let (before_at, before_id) = match q.before {
         Some((at, id)) => (Some(at), Some(id)),
         None => (None, None),
     };
     let (column, owner) = scope.column();
     let sql = format!(
-        "SELECT {ATTEMPT_COLUMNS} FROM delivery_attempts WHERE {column} = $1
+        "{prefix}SELECT {ATTEMPT_COLUMNS} FROM delivery_attempts WHERE {column} = $1
             AND ($2::text IS NULL OR outcome = $2) AND ($3::text IS NULL OR action = $3)
             AND ($4::timestamptz IS NULL OR created_at >= $4) AND ($5::timestamptz IS NULL OR created_at < $5)
             AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7::int8))
+            AND ($6::timestamptz IS NULL OR created_at <= $6)
           ORDER BY created_at DESC, id DESC LIMIT $8"
     );
-    let rows = client
+    Ok(client
         .query(
             &sql,
             &[
                 &owner, &q.outcome, &q.action, &q.since, &q.until, &before_at, &before_id, &q.limit,
             ],
         )
-        .await?;
-    rows.iter().map(attempt_from_row).collect()
+        .await?)
 }
 
 /// Every attempt of one delivery of `organization`, oldest first.
@@ -552,26 +577,63 @@ pub async fn delivery_attempts(
 /// The latest attempt of each delivery of `webhook_id` since `since` that is dead, or failed with its
 /// retry overdue by a minute (a pending retry is left alone), oldest first, at most `limit`. Test pings
 /// and attempts whose event was pruned are not redeliverable and are left out.
+///
+/// It reads only the unsuccessful attempts (the index on `(webhook_id, outcome, created_at)`) and keeps those
+/// that no later attempt of the same delivery follows (the index on `delivery_id`, in the partitions from the
+/// attempt's on), rather than the latest attempt of every delivery since `since`: a log of millions of
+/// successful rows costs it nothing.
 pub async fn unsuccessful_deliveries(
     client: &impl tokio_postgres::GenericClient,
     webhook_id: i64,
     since: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<AttemptRecord>, StoreError> {
+    let rows = query_unsuccessful(client, webhook_id, since, limit, "").await?;
+    rows.iter().map(attempt_from_row).collect()
+}
+
+/// The plan of [`unsuccessful_deliveries`], as `EXPLAIN (ANALYZE, COSTS OFF)` prints it (it runs the query).
+pub async fn explain_unsuccessful_deliveries(
+    client: &impl tokio_postgres::GenericClient,
+    webhook_id: i64,
+    since: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<String>, StoreError> {
+    let rows = query_unsuccessful(
+        client,
+        webhook_id,
+        since,
+        limit,
+        "EXPLAIN (ANALYZE, COSTS OFF) ",
+    )
+    .await?;
+    rows.iter()
+        .map(|r| r.try_get::<_, String>(0).map_err(StoreError::from))
+        .collect()
+}
+
+async fn query_unsuccessful(
+    client: &impl tokio_postgres::GenericClient,
+    webhook_id: i64,
+    since: DateTime<Utc>,
+    limit: i64,
+    prefix: &str,
+) -> Result<Vec<tokio_postgres::Row>, StoreError> {
     let sql = format!(
-        "SELECT * FROM (SELECT DISTINCT ON (delivery_id) {ATTEMPT_COLUMNS} FROM delivery_attempts
-                          WHERE webhook_id = $1 AND created_at >= $2
-                          ORDER BY delivery_id, created_at DESC, id DESC) latest
-          WHERE (outcome = 'dead' OR (outcome = 'failed' AND next_attempt_at < now() - interval '1 minute'))
-            AND action <> ALL($4)
-          ORDER BY created_at, id LIMIT $3"
+        "{prefix}SELECT {ATTEMPT_COLUMNS} FROM delivery_attempts a
+          WHERE a.webhook_id = $1 AND a.created_at >= $2 AND a.outcome IN ('dead', 'failed')
+            AND (a.outcome = 'dead' OR a.next_attempt_at < now() - interval '1 minute')
+            AND a.action <> ALL($4)
+            AND NOT EXISTS (SELECT 1 FROM delivery_attempts later
+                             WHERE later.delivery_id = a.delivery_id AND later.created_at >= a.created_at
+                               AND (later.created_at, later.id) > (a.created_at, a.id))
+          ORDER BY a.created_at, a.id LIMIT $3"
     );
     let not_redeliverable = [PING, UNKNOWN_ACTION];
-    let rows = client
+    Ok(client
         .query(
             &sql,
             &[&webhook_id, &since, &limit, &&not_redeliverable[..]],
         )
-        .await?;
-    rows.iter().map(attempt_from_row).collect()
+        .await?)
 }

@@ -2,6 +2,7 @@
 
 mod config;
 mod demo;
+mod label_studio;
 mod logging;
 mod memory;
 mod replay;
@@ -47,6 +48,16 @@ enum Command {
     /// Replay stored events to a webhook (backfill, or re-send what it missed), follow or cancel a replay.
     #[command(subcommand)]
     Replay(ReplayCommand),
+    /// Connect an unmodified Label Studio: its webhooks relay every action to webhookd (docs/label-studio.md).
+    #[command(subcommand)]
+    LabelStudio(LabelStudioCommand),
+}
+
+#[derive(Subcommand)]
+enum LabelStudioCommand {
+    /// Put a relay webhook to webhookd on every Label Studio project (creating or updating it, never twice),
+    /// or rely on an organization-level relay; optionally import Label Studio's other webhooks.
+    Connect(label_studio::ConnectArgs),
 }
 
 #[derive(Subcommand)]
@@ -158,6 +169,7 @@ fn main() -> ExitCode {
                 | Command::Migrate
                 | Command::Demo
                 | Command::Replay(_)
+                | Command::LabelStudio(_)
         ),
     );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -170,16 +182,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Serve => serve(&config, true, true).await,
-            Command::Api => serve(&config, true, false).await,
-            Command::Worker => serve(&config, false, true).await,
-            Command::Token(cmd) => token(&config, cmd).await,
-            Command::Demo => demo::run(&config).await,
-            Command::Migrate => migrate(&config).await,
-            Command::Publish(args) => publish(&config, args).await,
-            Command::Replay(cmd) => replay::run(&config, cmd).await,
+    // The command runs as a task on the runtime's worker threads, not on this one: a future polled by
+    // `block_on` lives on the main thread, and every wake-up of it (a delivery from the broker, a request
+    // accepted) would be one more thread switch.
+    let result = runtime.block_on(async move {
+        match tokio::spawn(run(config, cli.command)).await {
+            Ok(result) => result,
+            Err(e) => Err(format!("the main task failed: {e}")),
         }
     });
     match result {
@@ -188,6 +197,23 @@ fn main() -> ExitCode {
             tracing::error!(error = %message, "webhookd stopped");
             eprintln!("webhookd: {message}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one command to its end.
+async fn run(config: Config, command: Command) -> Result<(), String> {
+    match command {
+        Command::Serve => serve(&config, true, true).await,
+        Command::Api => serve(&config, true, false).await,
+        Command::Worker => serve(&config, false, true).await,
+        Command::Token(cmd) => token(&config, cmd).await,
+        Command::Demo => demo::run(&config).await,
+        Command::Migrate => migrate(&config).await,
+        Command::Publish(args) => publish(&config, args).await,
+        Command::Replay(cmd) => replay::run(&config, cmd).await,
+        Command::LabelStudio(LabelStudioCommand::Connect(args)) => {
+            label_studio::connect(&config, args).await
         }
     }
 }
@@ -286,7 +312,7 @@ async fn token(config: &Config, cmd: TokenCommand) -> Result<(), String> {
     Ok(())
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
+pub(crate) async fn stop_on_signal(shutdown: CancellationToken) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -306,7 +332,7 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
-    tracing::info!("shutdown requested; finishing in-flight deliveries");
+    tracing::info!("shutdown requested; finishing in-flight work");
     shutdown.cancel();
 }
 

@@ -398,14 +398,15 @@ pub async fn recover(
             .ok_or(ApiError::NotFound)?;
         delivery_log::unsuccessful_deliveries(&**client, id, since, RECOVER_LIMIT).await?
     };
-    let mut queued = 0;
-    for last in failed.iter().filter(|r| r.action != PING) {
-        state
-            .broker
-            .publish_retry(&task_for(last, last.attempt + 1))
-            .await
-            .map_err(|e| ApiError::Unavailable(format!("{e} (after queueing {queued})")))?;
-        queued += 1;
-    }
+    let tasks: Vec<RetryTask> = failed
+        .iter()
+        .filter(|r| r.action != PING)
+        .map(|last| task_for(last, last.attempt + 1))
+        .collect();
+    let queued = state
+        .broker
+        .publish_retries(&tasks)
+        .await
+        .map_err(|(queued, e)| ApiError::Unavailable(format!("{e} (after queueing {queued})")))?;
     Ok((StatusCode::ACCEPTED, Json(json!({"redelivered": queued}))))
 }
