@@ -374,3 +374,166 @@ fn settle(confirmation: lapin::Result<Confirmation>) -> Result<u64, BoxError> {
         Confirmation::Nack(_) => Err("the broker refused a publish (nack)".into()),
     }
 }
+
+/// RabbitMQ alone at a fixed rate: how long a persistent message takes from the publisher's timestamp to a
+/// consumer, with nothing else in between — the floor under the worker's `latency` figures.
+#[derive(Debug, Clone)]
+pub struct AmqpLatency {
+    /// Messages per second offered.
+    pub rate: f64,
+    /// Messages received.
+    pub received: u64,
+    /// Publisher's timestamp → consumer, milliseconds.
+    pub latency: Option<Percentiles>,
+}
+
+impl AmqpLatency {
+    /// As JSON.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "rate": self.rate,
+            "received": self.received,
+            "latency_ms": self.latency.map(Percentiles::to_json),
+        })
+    }
+}
+
+/// Publishes `rate` persistent messages a second for `secs` seconds (the bench's publisher, the workers'
+/// message size) through a throwaway fanout exchange to a throwaway quorum queue, as the worker's work
+/// queue is, and times each from its timestamp to its arrival at one consumer (prefetch 256, acks).
+pub async fn amqp_latency(rate: f64, secs: f64) -> Result<AmqpLatency, BoxError> {
+    let connection = webhookd_broker::connect(AMQP_URL, "webhookd-bench-latency-floor")
+        .await
+        .map_err(|e| format!("connecting to RabbitMQ: {e}"))?;
+    let name = format!(
+        "webhookd_bench_{}.latency_floor",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let result = latency_load(&connection, &name, rate, secs).await;
+    let deleted = async {
+        let channel = connection.create_channel().await?;
+        channel
+            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+        channel
+            .exchange_delete(name.as_str().into(), Default::default())
+            .await?;
+        Ok::<_, lapin::Error>(())
+    }
+    .await;
+    let _ = connection.close(200, "bench done".into()).await;
+    match (result, deleted) {
+        (Ok(r), Ok(())) => Ok(r),
+        (Ok(_), Err(e)) => Err(format!("deleting queue and exchange {name}: {e}").into()),
+        (Err(e), _) => Err(e),
+    }
+}
+
+async fn latency_load(
+    connection: &Connection,
+    name: &str,
+    rate: f64,
+    secs: f64,
+) -> Result<AmqpLatency, BoxError> {
+    let channel = connection.create_channel().await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    channel
+        .exchange_declare(
+            name.into(),
+            lapin::ExchangeKind::Fanout,
+            lapin::options::ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
+    channel
+        .queue_bind(
+            name.into(),
+            name.into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel.basic_qos(256, BasicQosOptions::default()).await?;
+    let mut consumer = channel
+        .basic_consume(
+            name.into(),
+            "webhookd-bench-latency-floor".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let events = (rate * secs).round().max(1.0) as u64;
+    let consuming = tokio::spawn(async move {
+        let mut latencies = Vec::with_capacity(events as usize);
+        while (latencies.len() as u64) < events {
+            let delivery = match consumer.next().await {
+                Some(d) => d?,
+                None => break,
+            };
+            let now = unix_micros();
+            if let Some(sent) = sent_at_us(&delivery.data) {
+                latencies.push(now.saturating_sub(sent));
+            }
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+        }
+        Ok::<_, lapin::Error>(latencies)
+    });
+    let plan = crate::publish::Plan {
+        exchange: name.to_owned(),
+        tag: name.to_owned(),
+        organization: 1,
+        events,
+        rate: Some(rate),
+        publishers: 1,
+        window: 256,
+    };
+    crate::publish::publish(connection, &plan).await?;
+    let latencies = tokio::time::timeout(Duration::from_secs(30), consuming)
+        .await
+        .map_err(|_| "the latency floor's consumer did not get every message within 30 s")?
+        .map_err(|e| format!("the latency floor's consumer failed: {e}"))??;
+    Ok(AmqpLatency {
+        rate,
+        received: latencies.len() as u64,
+        latency: Percentiles::of_micros(latencies),
+    })
+}
+
+/// The `sent_at_us` stamp of a bench envelope.
+fn sent_at_us(body: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"sent_at_us\":";
+    let at = body.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let digits: &[u8] = &body[at..];
+    let end = digits
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(digits.len());
+    std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stamp_is_read_from_an_envelope() {
+        let body = envelope("bench-x", 1, 3, 1_700_000_000_123_456);
+        assert_eq!(sent_at_us(&body), Some(1_700_000_000_123_456));
+        assert_eq!(sent_at_us(b"{}"), None);
+    }
+}

@@ -57,6 +57,9 @@ struct Cli {
     /// the figures and their ratios are the medians (a shared machine's speed drifts between runs).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
     pairs: u32,
+    /// `latency`: the rates to run, events per second, comma-separated (default: 500,2000 at full scale).
+    #[arg(long, value_delimiter = ',')]
+    rates: Vec<f64>,
     /// `scale webhooks`: the totals measured, e.g. `--webhooks 10,100000` (default: the scale's).
     #[arg(long, value_delimiter = ',')]
     webhooks: Option<Vec<u64>>,
@@ -132,6 +135,13 @@ async fn run(cli: Cli) -> ExitCode {
         ScaleArg::Full => Scale::full(),
     };
     scale.pairs = cli.pairs as usize;
+    if let Some(bad) = cli.rates.iter().find(|r| !(r.is_finite() && **r > 0.0)) {
+        eprintln!("webhookd-bench: --rates: {bad} is not a positive number of events per second");
+        return ExitCode::FAILURE;
+    }
+    if !cli.rates.is_empty() {
+        scale.latency_rates = cli.rates.clone();
+    }
     let mut sizes = match cli.scale {
         ScaleArg::Tiny => scale::ScaleSizes::tiny(),
         ScaleArg::Full => scale::ScaleSizes::full(),

@@ -11,6 +11,7 @@ use lapin::{BasicProperties, Channel, Connection};
 use lapin::{Confirmation, PublisherConfirm};
 use tokio::task::JoinSet;
 
+use crate::report::Percentiles;
 use crate::BoxError;
 
 /// The action of every benchmark event: organization-only, so the whole `project` object is the payload.
@@ -47,6 +48,9 @@ pub struct Published {
     pub events: u64,
     /// From the first publish to the last confirm.
     pub seconds: f64,
+    /// At a fixed rate: how late each publish left against its schedule, milliseconds (the publisher's own
+    /// lag, which the latency from its timestamps does not include).
+    pub lag: Option<Percentiles>,
 }
 
 /// Microseconds since the Unix epoch.
@@ -95,10 +99,14 @@ pub async fn publish(connection: &Connection, plan: &Plan) -> Result<Published, 
         });
     }
     let mut events = 0;
+    let mut lags = Vec::new();
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok(Ok(n)) => events += n,
+            Ok(Ok((n, lag))) => {
+                events += n;
+                lags.extend(lag);
+            }
             Ok(Err(e)) => {
                 first_error.get_or_insert(e);
             }
@@ -113,17 +121,20 @@ pub async fn publish(connection: &Connection, plan: &Plan) -> Result<Published, 
     Ok(Published {
         events,
         seconds: start.elapsed().as_secs_f64(),
+        lag: Percentiles::of_micros(lags),
     })
 }
 
-/// Publishes events `k, k + step, k + 2·step, …` on one channel; returns how many were confirmed.
+/// Publishes events `k, k + step, k + 2·step, …` on one channel; returns how many were confirmed and, at a
+/// fixed rate, how late each left, microseconds.
 async fn publish_share(
     channel: Channel,
     plan: Plan,
     k: u64,
     step: u64,
     start: Instant,
-) -> Result<u64, BoxError> {
+) -> Result<(u64, Vec<u64>), BoxError> {
+    let mut lag_us = Vec::new();
     let options = BasicPublishOptions {
         mandatory: true,
         ..Default::default()
@@ -144,6 +155,7 @@ async fn publish_share(
                     }
                 }
             }
+            lag_us.push(due.elapsed().as_micros() as u64);
         }
         while in_flight.len() >= plan.window.max(1) {
             if let Some(c) = in_flight.next().await {
@@ -174,7 +186,7 @@ async fn publish_share(
         confirmed += 1;
     }
     let _ = channel.close(200, "done".into()).await;
-    Ok(confirmed)
+    Ok((confirmed, lag_us))
 }
 
 fn check(confirmation: lapin::Result<Confirmation>) -> Result<(), BoxError> {

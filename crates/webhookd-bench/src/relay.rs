@@ -108,6 +108,7 @@ pub async fn relay(target: &RelayTarget, plan: &Plan) -> Result<Relayed, BoxErro
         published: Published {
             events: response_us.len() as u64,
             seconds: last_answer.duration_since(start).as_secs_f64(),
+            lag: None,
         },
         response: Percentiles::of_micros(response_us),
         start_lag: Percentiles::of_micros(lag_us),

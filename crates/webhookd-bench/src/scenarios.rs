@@ -170,6 +170,7 @@ pub async fn throughput(scale: &Scale, bin: &Path) -> Result<Report, BoxError> {
 /// `latency`: fixed publishing rates; publish → receive percentiles.
 pub async fn latency(scale: &Scale, bin: &Path) -> Result<Report, BoxError> {
     let mut runs = Vec::new();
+    let mut floors = Vec::new();
     for &rate in &scale.latency_rates {
         let mut spec = scale.spec(
             &format!("{rate} ev/s"),
@@ -178,9 +179,19 @@ pub async fn latency(scale: &Scale, bin: &Path) -> Result<Report, BoxError> {
         );
         spec.rate = Some(rate);
         runs.push(logged_run(&spec, bin).await?);
+        // The floor under the run's figures, right after it: the broker alone, at the same rate.
+        eprintln!(
+            "bench: latency: RabbitMQ alone at {rate} ev/s, {} s",
+            scale.latency_secs
+        );
+        floors.push(limits::amqp_latency(rate, scale.latency_secs).await?);
     }
     let mut extra = Map::new();
     extra.insert("seconds_per_rate".into(), json!(scale.latency_secs));
+    extra.insert(
+        "rabbitmq_alone".into(),
+        floors.iter().map(limits::AmqpLatency::to_json).collect(),
+    );
     let mut json_runs = Vec::new();
     for (run, rate) in runs.iter().zip(&scale.latency_rates) {
         let mut j = run.to_json();
@@ -189,7 +200,7 @@ pub async fn latency(scale: &Scale, bin: &Path) -> Result<Report, BoxError> {
         }
         json_runs.push(j);
     }
-    Ok(multi(
+    let mut report = multi(
         "latency",
         scale,
         &format!(
@@ -205,7 +216,18 @@ pub async fn latency(scale: &Scale, bin: &Path) -> Result<Report, BoxError> {
         &runs,
         json_runs,
         extra,
-    ))
+    );
+    report.table.row(
+        "RabbitMQ alone: latency p50 / p99 / max ms",
+        floors
+            .iter()
+            .map(|f| match f.latency {
+                Some(l) => format!("{:.2} / {:.2} / {:.2}", l.p50, l.p99, l.max),
+                None => "-".to_owned(),
+            })
+            .collect(),
+    );
+    Ok(report)
 }
 
 /// `fanout`: every event to many webhooks.
@@ -999,6 +1021,13 @@ fn run_table(title: &str, runs: &[RunResult]) -> Table {
     row("latency p90 ms", &|r| num(r.latency.map(|l| l.p90), 1));
     row("latency p99 ms", &|r| num(r.latency.map(|l| l.p99), 1));
     row("latency max ms", &|r| num(r.latency.map(|l| l.max), 1));
+    row(
+        "publisher's lag p50 / p99 / max ms",
+        &|r| match r.published.lag {
+            Some(l) => format!("{:.2} / {:.2} / {:.2}", l.p50, l.p99, l.max),
+            None => "-".to_owned(),
+        },
+    );
     row("worker peak RSS, MiB", &|r| num(r.peak_rss_mib, 1));
     row("worker peak open fds (0.5 s samples)", &|r| {
         r.peak_fds.to_string()

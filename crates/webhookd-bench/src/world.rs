@@ -232,6 +232,7 @@ impl RunResult {
             "publish_s": round(self.published.seconds, 3),
             "publish_per_s": round(self.published.events as f64 / self.published.seconds.max(1e-9), 1),
             "latency_ms": self.latency.map(Percentiles::to_json),
+            "publisher_lag_ms": self.published.lag.map(Percentiles::to_json),
             "peak_rss_mib": self.peak_rss_mib.map(|v| round(v, 1)),
             "worker_cpu_s": self.worker_cpu_s.map(|v| round(v, 2)),
             "worker_startup_cpu_s": self.worker_startup_cpu_s.map(|v| round(v, 2)),

@@ -192,46 +192,122 @@ pub struct LogWritten {
 }
 
 /// Writes `rows` and updates the webhooks' `consecutive_failures` and `failing_since` (turning off those that
-/// meet `rule`, and those that answered 410, with the reason and time) in one synchronous transaction, once per
-/// `write_id`: the same write made again (its first commit's reply was lost) changes nothing.
+/// meet `rule`, and those that answered 410, with the reason and time) in one statement, so one round trip
+/// and one synchronous commit, once per `write_id`: the same write made again (its first commit's reply was
+/// lost) changes nothing.
 ///
 /// `keep` are the events the rows, and the retry tasks that follow them, rely on. Their claims may have been
 /// committed without waiting for the WAL flush, and a database crash can lose such a commit after the claim's
-/// reply; the write checks that each is stored and stores again those that are not, so that once it commits
-/// (synchronously, which flushes every earlier commit of the same server too) every one of them is durable.
+/// reply; the statement checks that each is stored and writes nothing if one is not. Those are then stored
+/// again (a synchronous commit, which flushes every earlier commit of the same server too) and the statement
+/// runs once more, so that once it returns every one of them is durable.
 pub async fn write_attempts(
-    client: &mut Client,
+    client: &Client,
     write_id: Uuid,
     rows: &[&AttemptRow],
     keep: &[&NewEvent],
     rule: DisableRule,
 ) -> Result<LogWritten, StoreError> {
-    let tx = client.transaction().await?;
-    // Always a write, so the commit is a synchronous one even without rows.
-    let mark = tx
-        .prepare_cached(
-            "WITH mark AS (INSERT INTO log_writes (id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING 1)
-             SELECT EXISTS (SELECT 1 FROM mark),
-                    ARRAY(SELECT u.id FROM unnest($2::uuid[]) AS u(id)
-                           WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = u.id))",
-        )
-        .await?;
+    let disabled = match write_once(client, write_id, rows, keep, rule).await? {
+        Once::Written(disabled) => disabled,
+        Once::AlreadyWritten => return Ok(LogWritten::default()),
+        Once::Missing(missing) => {
+            let lost: Vec<&NewEvent> = keep
+                .iter()
+                .copied()
+                .filter(|e| missing.contains(&e.id))
+                .collect();
+            events::insert_events(client, &lost).await?;
+            let disabled = match write_once(client, write_id, rows, &[], rule).await? {
+                Once::Written(disabled) => disabled,
+                Once::AlreadyWritten | Once::Missing(_) => Vec::new(),
+            };
+            return Ok(LogWritten {
+                disabled,
+                restored: missing,
+            });
+        }
+    };
+    Ok(LogWritten {
+        disabled,
+        restored: Vec::new(),
+    })
+}
+
+/// What one run of the log statement did.
+enum Once {
+    /// The rows are written; these webhooks were turned off.
+    Written(Vec<Disabled>),
+    /// A write with this id was committed before: nothing changed.
+    AlreadyWritten,
+    /// These events of `keep` are not stored: nothing was written.
+    Missing(Vec<Uuid>),
+}
+
+/// The log statement: checks `keep`, marks the write id, inserts the rows and updates the webhooks' counters,
+/// each step only if the ones before it let it (data-modifying CTEs: one statement, one implicit transaction).
+const WRITE_ATTEMPTS: &str = "
+WITH missing AS (
+    SELECT u.id FROM unnest($2::uuid[]) AS u(id)
+     WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = u.id)
+), mark AS (
+    -- Always a write when the rows are written, so the commit is a synchronous one even without rows.
+    INSERT INTO log_writes (id) SELECT $1 WHERE NOT EXISTS (SELECT 1 FROM missing)
+    ON CONFLICT DO NOTHING RETURNING 1
+), inserted AS (
+    INSERT INTO delivery_attempts (delivery_id, event_id, webhook_id, organization, action, chunk,
+        attempt, outcome, http_status, duration_ms, error, response_excerpt, next_attempt_at, replay_id)
+    SELECT * FROM unnest($3::uuid[], $4::uuid[], $5::int8[], $6::int8[], $7::text[], $8::int4[],
+        $9::int4[], $10::text[], $11::int2[], $12::int4[], $13::text[], $14::text[], $15::timestamptz[],
+        $16::uuid[])
+     WHERE EXISTS (SELECT 1 FROM mark)
+), changes AS (
+    SELECT * FROM unnest($17::int8[], $18::bool[], $19::int4[], $20::bool[]) AS u(id, reset, failures, gone)
+     WHERE EXISTS (SELECT 1 FROM mark)
+), counted AS (
+    SELECT c.*, w.is_active AS was_active,
+           CASE WHEN c.reset THEN c.failures ELSE w.consecutive_failures + c.failures END AS counter,
+           -- When the current run of failures began: failures after the batch's last success begin a new
+           -- one now.
+           CASE WHEN c.failures = 0 THEN NULL
+                WHEN c.reset THEN now()
+                ELSE coalesce(w.failing_since, now()) END AS since
+      FROM changes c JOIN webhooks w ON w.id = c.id
+     WHERE c.failures > 0 OR c.gone OR w.consecutive_failures <> 0 OR w.failing_since IS NOT NULL
+), n AS (
+    SELECT counted.*,
+           was_active AND (gone OR ($21::int4 > 0 AND counter >= $21
+               AND since <= now() - make_interval(secs => $22::float8))) AS turned_off
+      FROM counted
+), updated AS (
+    UPDATE webhooks w
+       SET consecutive_failures = n.counter,
+           failing_since = n.since,
+           is_active = w.is_active AND NOT n.turned_off,
+           disabled_reason = CASE WHEN NOT n.turned_off THEN w.disabled_reason
+               WHEN n.gone THEN 'the receiver answered 410 Gone'
+               ELSE format('%s failed attempts in a row since %s, with no success in between',
+                           n.counter, to_char(n.since AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'))
+               END,
+           disabled_at = CASE WHEN n.turned_off THEN now() ELSE w.disabled_at END
+      FROM n
+     WHERE w.id = n.id
+ RETURNING w.id, w.consecutive_failures, n.turned_off, w.disabled_reason
+)
+SELECT EXISTS (SELECT 1 FROM mark), ARRAY(SELECT id FROM missing), off.ids, off.counts, off.reasons
+  FROM (SELECT coalesce(array_agg(id ORDER BY id), '{}'),
+               coalesce(array_agg(consecutive_failures ORDER BY id), '{}'),
+               coalesce(array_agg(coalesce(disabled_reason, '') ORDER BY id), '{}')
+          FROM updated WHERE turned_off) AS off(ids, counts, reasons)";
+
+async fn write_once(
+    client: &Client,
+    write_id: Uuid,
+    rows: &[&AttemptRow],
+    keep: &[&NewEvent],
+    rule: DisableRule,
+) -> Result<Once, StoreError> {
     let keep_ids: Vec<Uuid> = keep.iter().map(|e| e.id).collect();
-    let marked = tx.query_one(&mark, &[&write_id, &keep_ids]).await?;
-    let (first, missing): (bool, Vec<Uuid>) = (marked.try_get(0)?, marked.try_get(1)?);
-    if !first {
-        return Ok(LogWritten::default());
-    }
-    let mut written = LogWritten::default();
-    if !missing.is_empty() {
-        let lost: Vec<&NewEvent> = keep
-            .iter()
-            .copied()
-            .filter(|e| missing.contains(&e.id))
-            .collect();
-        events::insert_events(&tx, &lost).await?;
-        written.restored = missing;
-    }
     let delivery_ids: Vec<Uuid> = rows.iter().map(|r| r.key.delivery_id).collect();
     let event_ids: Vec<Uuid> = rows.iter().map(|r| r.key.event_id).collect();
     let webhook_ids: Vec<i64> = rows.iter().map(|r| r.key.webhook_id).collect();
@@ -246,100 +322,68 @@ pub async fn write_attempts(
     let errors: Vec<Option<&str>> = rows.iter().map(|r| r.error.as_deref()).collect();
     let excerpts: Vec<Option<&str>> = rows.iter().map(|r| r.response_excerpt.as_deref()).collect();
     let next: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.next_attempt_at).collect();
-    let insert = tx
-        .prepare_cached(
-            "INSERT INTO delivery_attempts (delivery_id, event_id, webhook_id, organization, action, chunk,
-                 attempt, outcome, http_status, duration_ms, error, response_excerpt, next_attempt_at, replay_id)
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::int8[], $5::text[], $6::int4[],
-                 $7::int4[], $8::text[], $9::int2[], $10::int4[], $11::text[], $12::text[], $13::timestamptz[],
-                 $14::uuid[])",
-        )
-        .await?;
-    tx.execute(
-        &insert,
-        &[
-            &delivery_ids,
-            &event_ids,
-            &webhook_ids,
-            &orgs,
-            &actions,
-            &chunks,
-            &attempts,
-            &outcomes,
-            &statuses,
-            &durations,
-            &errors,
-            &excerpts,
-            &next,
-            &replays,
-        ],
-    )
-    .await?;
-
     let changes = summarize(
         rows.iter()
             .filter_map(|r| r.health.map(|h| (r.key.webhook_id, h))),
     );
-    if !changes.is_empty() {
-        let ids: Vec<i64> = changes.iter().map(|c| c.webhook_id).collect();
-        let resets: Vec<bool> = changes.iter().map(|c| c.reset).collect();
-        let failures: Vec<i32> = changes.iter().map(|c| c.failures).collect();
-        let gones: Vec<bool> = changes.iter().map(|c| c.gone).collect();
-        let update = tx
-            .prepare_cached(
-                "WITH u AS (
-                     SELECT * FROM unnest($1::int8[], $2::bool[], $3::int4[], $4::bool[])
-                              AS u(id, reset, failures, gone)
-                 ), counted AS (
-                     SELECT u.*, w.is_active AS was_active,
-                            CASE WHEN u.reset THEN u.failures
-                                 ELSE w.consecutive_failures + u.failures END AS counter,
-                            -- When the current run of failures began: failures after the batch's last success
-                            -- begin a new one now.
-                            CASE WHEN u.failures = 0 THEN NULL
-                                 WHEN u.reset THEN now()
-                                 ELSE coalesce(w.failing_since, now()) END AS since
-                       FROM u JOIN webhooks w ON w.id = u.id
-                      WHERE u.failures > 0 OR u.gone OR w.consecutive_failures <> 0
-                         OR w.failing_since IS NOT NULL
-                 ), n AS (
-                     SELECT counted.*,
-                            was_active AND (gone OR ($5::int4 > 0 AND counter >= $5
-                                AND since <= now() - make_interval(secs => $6::float8))) AS turned_off
-                       FROM counted
-                 )
-                 UPDATE webhooks w
-                    SET consecutive_failures = n.counter,
-                        failing_since = n.since,
-                        is_active = w.is_active AND NOT n.turned_off,
-                        disabled_reason = CASE WHEN NOT n.turned_off THEN w.disabled_reason
-                            WHEN n.gone THEN 'the receiver answered 410 Gone'
-                            ELSE format('%s failed attempts in a row since %s, with no success in between',
-                                        n.counter, to_char(n.since AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'))
-                            END,
-                        disabled_at = CASE WHEN n.turned_off THEN now() ELSE w.disabled_at END
-                   FROM n
-                  WHERE w.id = n.id
-              RETURNING w.id, w.consecutive_failures, n.turned_off, w.disabled_reason",
-            )
-            .await?;
-        let max = rule.max_consecutive_failures;
-        let after = rule.disable_after.as_secs_f64();
-        let updated = tx
-            .query(&update, &[&ids, &resets, &failures, &gones, &max, &after])
-            .await?;
-        for row in updated {
-            if row.try_get::<_, bool>(2)? {
-                written.disabled.push(Disabled {
-                    webhook_id: row.try_get(0)?,
-                    consecutive_failures: row.try_get(1)?,
-                    reason: row.try_get::<_, Option<String>>(3)?.unwrap_or_default(),
-                });
-            }
-        }
+    let ids: Vec<i64> = changes.iter().map(|c| c.webhook_id).collect();
+    let resets: Vec<bool> = changes.iter().map(|c| c.reset).collect();
+    let failures: Vec<i32> = changes.iter().map(|c| c.failures).collect();
+    let gones: Vec<bool> = changes.iter().map(|c| c.gone).collect();
+    let max = rule.max_consecutive_failures;
+    let after = rule.disable_after.as_secs_f64();
+    let statement = client.prepare_cached(WRITE_ATTEMPTS).await?;
+    let row = client
+        .query_one(
+            &statement,
+            &[
+                &write_id,
+                &keep_ids,
+                &delivery_ids,
+                &event_ids,
+                &webhook_ids,
+                &orgs,
+                &actions,
+                &chunks,
+                &attempts,
+                &outcomes,
+                &statuses,
+                &durations,
+                &errors,
+                &excerpts,
+                &next,
+                &replays,
+                &ids,
+                &resets,
+                &failures,
+                &gones,
+                &max,
+                &after,
+            ],
+        )
+        .await?;
+    let (marked, missing): (bool, Vec<Uuid>) = (row.try_get(0)?, row.try_get(1)?);
+    if !missing.is_empty() {
+        return Ok(Once::Missing(missing));
     }
-    tx.commit().await?;
-    Ok(written)
+    if !marked {
+        return Ok(Once::AlreadyWritten);
+    }
+    let off_ids: Vec<i64> = row.try_get(2)?;
+    let off_counts: Vec<i32> = row.try_get(3)?;
+    let off_reasons: Vec<String> = row.try_get(4)?;
+    Ok(Once::Written(
+        off_ids
+            .into_iter()
+            .zip(off_counts)
+            .zip(off_reasons)
+            .map(|((webhook_id, consecutive_failures), reason)| Disabled {
+                webhook_id,
+                consecutive_failures,
+                reason,
+            })
+            .collect(),
+    ))
 }
 
 /// Forgets the ids of log writes older than `older_than` (a write is made again within seconds or minutes,

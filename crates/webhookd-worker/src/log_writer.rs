@@ -43,8 +43,8 @@ impl Flush for LogWriter {
             .collect();
         let written = record_db_health(
             async {
-                let mut client = self.pool.get().await?;
-                delivery_log::write_attempts(&mut client, write_id, &rows, &keep, self.rule).await
+                let client = self.pool.get().await?;
+                delivery_log::write_attempts(&client, write_id, &rows, &keep, self.rule).await
             }
             .await,
         )?;

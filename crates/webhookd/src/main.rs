@@ -182,19 +182,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Serve => serve(&config, true, true).await,
-            Command::Api => serve(&config, true, false).await,
-            Command::Worker => serve(&config, false, true).await,
-            Command::Token(cmd) => token(&config, cmd).await,
-            Command::Demo => demo::run(&config).await,
-            Command::Migrate => migrate(&config).await,
-            Command::Publish(args) => publish(&config, args).await,
-            Command::Replay(cmd) => replay::run(&config, cmd).await,
-            Command::LabelStudio(LabelStudioCommand::Connect(args)) => {
-                label_studio::connect(&config, args).await
-            }
+    // The command runs as a task on the runtime's worker threads, not on this one: a future polled by
+    // `block_on` lives on the main thread, and every wake-up of it (a delivery from the broker, a request
+    // accepted) would be one more thread switch.
+    let result = runtime.block_on(async move {
+        match tokio::spawn(run(config, cli.command)).await {
+            Ok(result) => result,
+            Err(e) => Err(format!("the main task failed: {e}")),
         }
     });
     match result {
@@ -203,6 +197,23 @@ fn main() -> ExitCode {
             tracing::error!(error = %message, "webhookd stopped");
             eprintln!("webhookd: {message}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one command to its end.
+async fn run(config: Config, command: Command) -> Result<(), String> {
+    match command {
+        Command::Serve => serve(&config, true, true).await,
+        Command::Api => serve(&config, true, false).await,
+        Command::Worker => serve(&config, false, true).await,
+        Command::Token(cmd) => token(&config, cmd).await,
+        Command::Demo => demo::run(&config).await,
+        Command::Migrate => migrate(&config).await,
+        Command::Publish(args) => publish(&config, args).await,
+        Command::Replay(cmd) => replay::run(&config, cmd).await,
+        Command::LabelStudio(LabelStudioCommand::Connect(args)) => {
+            label_studio::connect(&config, args).await
         }
     }
 }

@@ -113,9 +113,9 @@ pub async fn test(
     let mut row = AttemptRow::made(key, 1, outcome, report, None);
     // A test ping says nothing of the webhook's health: it neither counts as a failure nor resets the count.
     row.health = None;
-    let mut client = state.pool.get().await?;
+    let client = state.pool.get().await?;
     delivery_log::write_attempts(
-        &mut client,
+        &client,
         uuid::Uuid::now_v7(),
         &[&row],
         &[],
