@@ -455,6 +455,71 @@ async fn a_real_label_studio_connected_by_the_cli_relays_every_action_byte_for_b
         "a second run changed webhookd"
     );
 
+    // A webhook webhookd refuses (an address outside WEBHOOKD_ALLOWED_NETWORKS) is left as it is in Label
+    // Studio, with a note, and the run goes on: it does not stop this or any later run at that step.
+    let refused_project = ls.create_project("Refused").await;
+    let refused = ls
+        .call(
+            "POST",
+            "/api/webhooks/",
+            Some(json!({"project": refused_project, "url": "http://10.255.255.1/hook"})),
+            201,
+        )
+        .await;
+    let refused_id = refused["id"].as_i64().unwrap();
+    let accepted = ls
+        .call(
+            "POST",
+            "/api/webhooks/",
+            Some(json!({"project": refused_project, "url": rx.url("/accepted")})),
+            201,
+        )
+        .await;
+    let accepted_id = accepted["id"].as_i64().unwrap();
+    let out = connect_command(&env, &ls, &served, &["--import"])
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(&format!("note: import Label Studio webhook {refused_id} "))
+            && stderr.contains("left as it is: webhookd refuses its URL"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains(&format!("done: import Label Studio webhook {accepted_id} ")),
+        "the import after the refused one was made:\n{stdout}"
+    );
+    let hooks = ls.webhooks().await;
+    let still = hooks.iter().find(|h| h["id"] == refused_id).unwrap();
+    assert_eq!(still["is_active"], json!(true), "{still}");
+    let (_, copies) = served
+        .api
+        .call(
+            "GET",
+            &format!("/api/webhooks/?project={refused_project}"),
+            Some(&key),
+            None,
+        )
+        .await;
+    let urls: Vec<&Value> = copies
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["url"])
+        .collect();
+    assert_eq!(
+        urls,
+        [&json!(rx.url("/accepted"))],
+        "only the accepted one was copied"
+    );
+    ls.call("DELETE", &format!("/api/webhooks/{refused_id}/"), None, 204)
+        .await;
+
     // --watch: a project created later gets the relay.
     let watch = connect_command(&env, &ls, &served, &["--watch", "0.5"])
         .stdout(Stdio::piped())

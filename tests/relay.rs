@@ -408,6 +408,28 @@ async fn bad_requests_are_refused_naming_the_problem_and_publish_nothing() {
         assert_envelope(&err, 401);
     }
 
+    // One of webhookd's own deliveries (a webhookd webhook pointed at the relay): 400 naming the header, or
+    // each delivery would be relayed as a new event and delivered to it again, without end.
+    for header in ["webhook-id", "webhook-signature", "x-webhookd-attempt"] {
+        let (status, err) = api
+            .call_with(
+                "POST",
+                RELAY,
+                Some(&token),
+                Some(good.clone()),
+                &[(header, "msg_1")],
+            )
+            .await;
+        assert_eq!(status, 400, "{header}: {err}");
+        assert_envelope(&err, 400);
+        assert!(
+            err["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains(&format!("webhookd's own delivery header `{header}`"))),
+            "{err}"
+        );
+    }
+
     // WEBHOOKD_MAX_EVENT_BYTES (4096 here) applies to the event as published, whatever
     // WEBHOOKD_MAX_BODY_BYTES (1024 here) says: 3,000 bytes of text go through, 5,000 do not.
     let sized = |n: usize| {

@@ -220,12 +220,7 @@ async fn run(cli: Cli) -> ExitCode {
             }
             Err(e) => {
                 // Some errors (tokio-postgres' "db error") say what went wrong only in their sources.
-                let mut message = e.to_string();
-                let mut source = e.source();
-                while let Some(cause) = source {
-                    message.push_str(&format!(": {cause}"));
-                    source = cause.source();
-                }
+                let message = webhookd_store::with_causes(&*e);
                 eprintln!("webhookd-bench: scenario {name} failed: {message}");
                 failed.push(name);
             }

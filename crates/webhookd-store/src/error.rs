@@ -127,8 +127,9 @@ fn describe_pool(e: &deadpool_postgres::PoolError) -> String {
     }
 }
 
-/// `e` and each of its sources, joined with ": ".
-fn with_causes(e: &dyn std::error::Error) -> String {
+/// `e` and each of its sources, joined with ": ", leaving out a source whose text is already there (many
+/// errors print their source in their own message too).
+pub fn with_causes(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

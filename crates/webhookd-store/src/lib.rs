@@ -14,4 +14,4 @@ pub mod webhooks;
 
 pub use deadpool_postgres::{Client as PooledClient, Pool, PoolError};
 
-pub use error::{ErrorClass, StoreError};
+pub use error::{with_causes, ErrorClass, StoreError};

@@ -4,7 +4,7 @@
 //! with the body Label Studio would have sent them.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde_json::{json, Value};
 use webhookd_core::relay::event_from_label_studio;
@@ -23,8 +23,10 @@ use crate::state::AppState;
 pub async fn label_studio(
     State(state): State<AppState>,
     principal: Principal,
+    headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    refuse_own_deliveries(&headers)?;
     let mut event = event_from_label_studio(body, principal.organization, &state.settings.catalog)
         .map_err(event_error)?;
     // Label Studio sends each action once and never retries, so there is nothing to deduplicate: every
@@ -40,4 +42,18 @@ pub async fn label_studio(
     )
     .await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"id": id}))))
+}
+
+/// Refuses a request that is one of webhookd's own deliveries. Its body is exactly a body the relay takes, so
+/// a webhookd webhook pointed at the relay would publish a new event for every delivery it gets, and be sent
+/// that event again, without end. Label Studio sends none of these headers.
+fn refuse_own_deliveries(headers: &HeaderMap) -> Result<(), ApiError> {
+    const OWN: [&str; 3] = ["webhook-id", "webhook-signature", "x-webhookd-attempt"];
+    match OWN.iter().find(|h| headers.contains_key(**h)) {
+        Some(h) => Err(ApiError::BadRequest(format!(
+            "this request carries webhookd's own delivery header `{h}`: a webhookd webhook points at the \
+             relay, which would relay its deliveries back to it without end; point that webhook elsewhere"
+        ))),
+        None => Ok(()),
+    }
 }

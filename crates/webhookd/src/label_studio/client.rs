@@ -260,17 +260,8 @@ fn refusal(base: &str, what: &str, status: StatusCode, json: Option<&Value>, tex
     )
 }
 
-/// An error with its sources, which say what really failed (refused, timed out, DNS …).
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+/// An error with its sources, which say what really failed (refused, timed out, DNS …), each once.
+pub(crate) use webhookd_store::with_causes as chain;
 
 #[cfg(test)]
 mod tests {

@@ -50,17 +50,21 @@ pub(crate) struct ConnectArgs {
     import: bool,
     /// Keep going: every SECONDS, connect projects created since, until SIGINT or SIGTERM.
     #[arg(long, value_name = "SECONDS", value_parser = watch_interval)]
-    watch: Option<f64>,
+    watch: Option<Duration>,
     /// Print the plan and change nothing (neither in Label Studio nor in webhookd).
     #[arg(long)]
     dry_run: bool,
 }
 
-fn watch_interval(raw: &str) -> Result<f64, String> {
-    match raw.parse::<f64>() {
-        Ok(s) if s.is_finite() && s >= 0.1 => Ok(s),
+/// The longest `--watch` interval: a day.
+const MAX_WATCH: Duration = Duration::from_secs(86_400);
+
+fn watch_interval(raw: &str) -> Result<Duration, String> {
+    match raw.parse::<f64>().map(Duration::try_from_secs_f64) {
+        Ok(Ok(d)) if d >= Duration::from_millis(100) && d <= MAX_WATCH => Ok(d),
         _ => Err(format!(
-            "{raw:?} is not a number of seconds of at least 0.1"
+            "{raw:?} is not a number of seconds from 0.1 to {}",
+            MAX_WATCH.as_secs()
         )),
     }
 }
@@ -97,11 +101,14 @@ pub(crate) async fn connect(config: &Config, args: ConnectArgs) -> Result<(), St
         match round(config, &args, &ls, &pool, &relay_url, &mut token, first).await {
             Ok(()) => first = false,
             // Label Studio may be starting, or restarting: say so, and try again next round.
-            Err(e) => eprintln!("webhookd: label-studio connect: {e}; trying again in {every} s"),
+            Err(e) => eprintln!(
+                "webhookd: label-studio connect: {e}; trying again in {} s",
+                every.as_secs_f64()
+            ),
         }
         tokio::select! {
             _ = stop.cancelled() => {}
-            _ = tokio::time::sleep(Duration::from_secs_f64(every)) => {}
+            _ = tokio::time::sleep(every) => {}
         }
     }
     println!("label-studio connect: stopped");
@@ -119,10 +126,23 @@ fn relay_url(given: Option<&str>, config: &Config) -> Result<String, String> {
         .unwrap_or(&base);
     let full = format!("{base}{RELAY_PATH}");
     match url::Url::parse(&full) {
+        // 0.0.0.0 or [::] (WEBHOOKD_LISTEN in a container) is where webhookd listens, not an address Label
+        // Studio can send to.
+        Ok(u) if unspecified(&u) => Err(format!(
+            "{base:?} listens on every interface; give --relay-url: webhookd's address as Label Studio reaches it"
+        )),
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(full),
         _ => Err(format!(
             "--relay-url {base:?} must be webhookd's http:// or https:// address as Label Studio reaches it"
         )),
+    }
+}
+
+fn unspecified(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Ipv4(a)) => a.is_unspecified(),
+        Some(url::Host::Ipv6(a)) => a.is_unspecified(),
+        _ => false,
     }
 }
 
@@ -263,15 +283,22 @@ async fn round(
         .unwrap_or_default();
     // In order, stopping at the first failure: later steps rely on earlier ones (the relays are in place
     // before an original is turned off or a per-project relay deleted). The next run takes it up again.
+    // A copy webhookd refuses is left as it is in Label Studio, with a note: no later step relies on it, and
+    // stopping there would stop every later round at the same step.
     for (done, step) in plan.steps.iter().enumerate() {
-        if let Err(e) = apply(config, ls, pool, step, &authorization, relay_url).await {
-            print_notes(&plan);
-            return Err(format!(
-                "{step}: {e} ({done} of {} changes made; run again to finish)",
-                plan.steps.len()
-            ));
+        match apply(config, ls, pool, step, &authorization, relay_url).await {
+            Ok(Applied::Done) => println!("done: {step}"),
+            Ok(Applied::Refused(why)) => {
+                eprintln!("webhookd: label-studio connect: note: {step}: left as it is: {why}")
+            }
+            Err(e) => {
+                print_notes(&plan);
+                return Err(format!(
+                    "{step}: {e} ({done} of {} changes made; run again to finish)",
+                    plan.steps.len()
+                ));
+            }
         }
-        println!("done: {step}");
     }
     print_notes(&plan);
     println!("{}", summary(&plan, "connected"));
@@ -305,6 +332,13 @@ fn summary(plan: &Plan, state: &str) -> String {
     }
 }
 
+/// What carrying out a step came to.
+enum Applied {
+    Done,
+    /// webhookd refuses the copy of an import (its address, or the organization's webhook limit): why.
+    Refused(String),
+}
+
 /// Carries out one step.
 async fn apply(
     config: &Config,
@@ -313,35 +347,46 @@ async fn apply(
     step: &Step,
     authorization: &str,
     relay_url: &str,
-) -> Result<(), String> {
+) -> Result<Applied, String> {
     let body = step.label_studio_body(authorization, relay_url);
     match step {
-        Step::CreateRelay { .. } => ls.create_webhook(&body).await.map(drop),
+        Step::CreateRelay { .. } => ls.create_webhook(&body).await.map(|_| Applied::Done),
         Step::UpdateRelay { webhook, .. }
         | Step::TurnOff {
             original: plan::LsWebhook { id: webhook, .. },
             ..
-        } => ls.update_webhook(*webhook, &body).await,
-        Step::DeleteRelay { webhook, .. } => ls.delete_webhook(*webhook).await,
+        } => ls
+            .update_webhook(*webhook, &body)
+            .await
+            .map(|()| Applied::Done),
+        Step::DeleteRelay { webhook, .. } => {
+            ls.delete_webhook(*webhook).await.map(|()| Applied::Done)
+        }
         Step::Import { original, copy } => {
-            check_url_reachable(
+            if let Err(e) = check_url_reachable(
                 &copy.url,
                 &config.network_policy,
                 config.api_dependency_timeout,
             )
             .await
-            .map_err(|e| format!("webhookd refuses it: {}", describe(&e)))?;
+            {
+                return Ok(Applied::Refused(format!(
+                    "webhookd refuses its URL: {}",
+                    describe(&e)
+                )));
+            }
             let mut client = pool.get().await.map_err(db_error)?;
-            let created = webhooks::create_webhook_limited(
+            let created = match webhooks::create_webhook_limited(
                 &mut client,
                 copy,
                 config.max_webhooks_per_organization,
             )
             .await
-            .map_err(|e| match e {
-                CreateError::Limit { .. } => e.to_string(),
-                CreateError::Store(s) => format!("webhookd's database: {s}"),
-            })?;
+            {
+                Ok(created) => created,
+                Err(e @ CreateError::Limit { .. }) => return Ok(Applied::Refused(e.to_string())),
+                Err(CreateError::Store(s)) => return Err(format!("webhookd's database: {s}")),
+            };
             println!(
                 "done: webhookd webhook {} is the copy of Label Studio webhook {}",
                 created.id, original.id
@@ -349,7 +394,7 @@ async fn apply(
             if original.is_active {
                 ls.update_webhook(original.id, &body).await?;
             }
-            Ok(())
+            Ok(Applied::Done)
         }
     }
 }
@@ -380,11 +425,20 @@ mod tests {
             );
         }
         assert!(relay_url(Some("webhookd:8080"), &c).is_err());
+        // Where webhookd listens in a container is no address to send to.
+        for all in ["http://0.0.0.0:8080", "http://[::]:8080"] {
+            let err = relay_url(Some(all), &c).unwrap_err();
+            assert!(err.contains("give --relay-url"), "{err}");
+        }
     }
 
     #[test]
     fn watch_takes_seconds() {
-        assert_eq!(watch_interval("2.5"), Ok(2.5));
+        assert_eq!(watch_interval("2.5"), Ok(Duration::from_millis(2500)));
         assert!(watch_interval("0").is_err() && watch_interval("soon").is_err());
+        // Too long for a Duration, or past a day: refused, not a panic at the first sleep.
+        for huge in ["1e20", "86401", "inf", "NaN"] {
+            assert!(watch_interval(huge).is_err(), "{huge}");
+        }
     }
 }
