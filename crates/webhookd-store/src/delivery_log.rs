@@ -217,15 +217,22 @@ pub async fn write_attempts(
                 .copied()
                 .filter(|e| missing.contains(&e.id))
                 .collect();
-            events::insert_events(client, &lost).await?;
+            // Those this insert stored (by their claim tokens): not one whose producer id another event has.
+            let stored: Vec<Uuid> = events::insert_events(client, &lost)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<_, Uuid>(0))
+                .collect::<Result<_, _>>()?;
+            let restored = lost
+                .iter()
+                .filter(|e| stored.contains(&e.claim_token))
+                .map(|e| e.id)
+                .collect();
             let disabled = match write_once(client, write_id, rows, &[], rule).await? {
                 Once::Written(disabled) => disabled,
                 Once::AlreadyWritten | Once::Missing(_) => Vec::new(),
             };
-            return Ok(LogWritten {
-                disabled,
-                restored: missing,
-            });
+            return Ok(LogWritten { disabled, restored });
         }
     };
     Ok(LogWritten {
@@ -247,9 +254,13 @@ enum Once {
 /// The log statement: checks `keep`, marks the write id, inserts the rows and updates the webhooks' counters,
 /// each step only if the ones before it let it (data-modifying CTEs: one statement, one implicit transaction).
 const WRITE_ATTEMPTS: &str = "
-WITH missing AS (
+WITH already AS (
+    SELECT 1 FROM log_writes WHERE id = $1
+), missing AS (
+    -- Not for a write already committed: what it relied on may have been deleted since, by retention.
     SELECT u.id FROM unnest($2::uuid[]) AS u(id)
-     WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = u.id)
+     WHERE NOT EXISTS (SELECT 1 FROM already)
+       AND NOT EXISTS (SELECT 1 FROM events e WHERE e.id = u.id)
 ), mark AS (
     -- Always a write when the rows are written, so the commit is a synchronous one even without rows.
     INSERT INTO log_writes (id) SELECT $1 WHERE NOT EXISTS (SELECT 1 FROM missing)
@@ -274,6 +285,10 @@ WITH missing AS (
                 ELSE coalesce(w.failing_since, now()) END AS since
       FROM changes c JOIN webhooks w ON w.id = c.id
      WHERE c.failures > 0 OR c.gone OR w.consecutive_failures <> 0 OR w.failing_since IS NOT NULL
+     ORDER BY w.id
+    -- Locked, so the counters are computed from the row as another transaction (a PATCH that turns the webhook
+    -- on again and resets them, another worker's write) left it, not from the statement's snapshot.
+       FOR UPDATE OF w
 ), n AS (
     SELECT counted.*,
            was_active AND (gone OR ($21::int4 > 0 AND counter >= $21
@@ -386,27 +401,6 @@ async fn write_once(
     ))
 }
 
-/// Forgets the ids of log writes older than `older_than` (a write is made again within seconds or minutes,
-/// not hours), in batches.
-pub async fn forget_old_writes(
-    client: &impl tokio_postgres::GenericClient,
-    older_than: std::time::Duration,
-) -> Result<u64, StoreError> {
-    let mut total = 0;
-    loop {
-        let n = client
-            .execute(
-                "DELETE FROM log_writes WHERE id IN (
-                     SELECT id FROM log_writes WHERE created_at < now() - make_interval(secs => $1) LIMIT 10000)",
-                &[&older_than.as_secs_f64()],
-            )
-            .await?;
-        total += n;
-        if n < 10_000 {
-            return Ok(total);
-        }
-    }
-}
 /// One logged attempt, as the API shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptRecord {

@@ -140,7 +140,15 @@ async fn run_locked(
     )
     .await?;
     let writes_kept = WRITE_IDS_KEPT.min(settings.keep);
-    run.writes_forgotten = crate::delivery_log::forget_old_writes(pg(client), writes_kept).await?;
+    let writes_cutoff =
+        now - chrono::Duration::from_std(writes_kept).unwrap_or(chrono::Duration::MAX);
+    run.writes_forgotten = delete_in_batches(
+        pg(client),
+        "DELETE FROM log_writes WHERE ctid IN
+             (SELECT ctid FROM log_writes WHERE created_at < $1 LIMIT $2)",
+        writes_cutoff,
+    )
+    .await?;
     vacuum_what_shrank(pg(client), &run).await?;
     Ok(run)
 }

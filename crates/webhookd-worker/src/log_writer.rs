@@ -144,6 +144,101 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_write_made_again_after_its_commit_changes_nothing_not_even_an_event_deleted_since() {
+        let db = TestDb::new().await;
+        let event = NewEvent {
+            id: uuid::Uuid::now_v7(),
+            organization: 1,
+            project: None,
+            action: "PROJECT_DELETED".into(),
+            producer_id: None,
+            body: r#"{"version": 1}"#.into(),
+            claim_token: uuid::Uuid::new_v4(),
+        };
+        let client = db.pool.get().await.unwrap();
+        claim_events(&client, std::slice::from_ref(&event))
+            .await
+            .unwrap();
+        let (write, fine) = (uuid::Uuid::now_v7(), row("fine"));
+        let first =
+            delivery_log::write_attempts(&client, write, &[&fine], &[&event], DisableRule::NEVER)
+                .await
+                .unwrap();
+        assert!(first.restored.is_empty());
+        // Retention deleted the event since; the same write, made again (its reply was lost), finds its id.
+        db.execute(&format!("DELETE FROM events WHERE id = '{}'", event.id))
+            .await;
+        let again =
+            delivery_log::write_attempts(&client, write, &[&fine], &[&event], DisableRule::NEVER)
+                .await
+                .unwrap();
+        assert_eq!(again, LogWritten::default());
+        assert_eq!(db.count("SELECT count(*) FROM events").await, 0);
+        assert_eq!(db.count("SELECT count(*) FROM delivery_attempts").await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_failure_counted_while_a_patch_resets_the_webhook_counts_from_the_reset() {
+        let db = TestDb::new().await;
+        let mut client = db.pool.get().await.unwrap();
+        let new = webhookd_store::webhooks::NewWebhook::new(1, None, "http://127.0.0.1:9/x");
+        let (id, _) = webhookd_store::webhooks::create_webhook(&mut client, &new)
+            .await
+            .unwrap();
+        db.execute(&format!(
+            "UPDATE webhooks SET consecutive_failures = 5, failing_since = now() WHERE id = {id}"
+        ))
+        .await;
+        // A PATCH turning it on again, its transaction still open while a log write counts a failure.
+        let mut patch = db.pool.get().await.unwrap();
+        let tx = patch.transaction().await.unwrap();
+        tx.execute(
+            "UPDATE webhooks SET consecutive_failures = 0, failing_since = NULL WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+        let mut failed = row("down");
+        failed.key = DeliveryKey::new(EventId::new(), id, 1, "PROJECT_DELETED", 0, None);
+        failed.outcome = Outcome::Failed;
+        failed.health = Some(webhookd_core::endpoint_health::HealthSignal::Failure);
+        let write = tokio::spawn(async move {
+            delivery_log::write_attempts(
+                &client,
+                uuid::Uuid::now_v7(),
+                &[&failed],
+                &[],
+                DisableRule::NEVER,
+            )
+            .await
+            .map(drop)
+        });
+        // The write waits for the PATCH's row lock, then the PATCH commits.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while db
+            .count("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")
+            .await
+            == 0
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the write never waited"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        tx.commit().await.unwrap();
+        write.await.unwrap().unwrap();
+        assert_eq!(
+            db.count(&format!(
+                "SELECT consecutive_failures::int8 FROM webhooks WHERE id = {id}"
+            ))
+            .await,
+            1,
+            "one failure after the reset, not 5 + 1"
+        );
+    }
+
+    #[tokio::test]
     async fn a_log_write_stores_again_an_event_whose_claim_was_lost() {
         let db = TestDb::new().await;
         let event = Arc::new(NewEvent {
