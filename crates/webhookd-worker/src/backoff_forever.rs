@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use backoff::{ExponentialBackoff, ExponentialBackoffBuilder};
 
-/// Backoff from `initial` doubling to `max`, forever.
+/// Backoff from `initial` growing 1.5× per try (the `backoff` crate's multiplier), jittered by ±50 %, to `max`,
+/// forever.
 pub(crate) fn backoff_forever(initial: Duration, max: Duration) -> ExponentialBackoff {
     ExponentialBackoffBuilder::new()
         .with_initial_interval(initial)
@@ -13,7 +14,7 @@ pub(crate) fn backoff_forever(initial: Duration, max: Duration) -> ExponentialBa
         .build()
 }
 
-/// The rhythm of database retries: 0.1 s doubling to 5 s.
+/// The rhythm of database retries: 0.1 s growing to 5 s.
 pub(crate) fn database_backoff() -> ExponentialBackoff {
     backoff_forever(Duration::from_millis(100), Duration::from_secs(5))
 }
