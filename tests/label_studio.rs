@@ -122,8 +122,8 @@ impl LabelStudio {
                     let output = std::fs::read_to_string(log).unwrap_or_default();
                     panic!("label-studio exited with {status}:\n{output}");
                 }
-                let (status, _) = api
-                    .try_call("GET", "/api/projects/", Some(LS_TOKEN))
+                let status = api
+                    .try_status("GET", "/api/projects/", Some(LS_TOKEN))
                     .await?;
                 (status == 200).then_some(())
             }
@@ -208,20 +208,6 @@ impl Drop for LabelStudio {
     }
 }
 
-impl ApiClient {
-    /// A GET that may fail to connect (a server still starting): `None` then.
-    async fn try_call(&self, method: &str, path: &str, token: Option<&str>) -> Option<(u16, ())> {
-        let client = reqwest::Client::builder().no_proxy().build().ok()?;
-        let method = reqwest::Method::from_bytes(method.as_bytes()).ok()?;
-        let mut request = client.request(method, self.url(path));
-        if let Some(t) = token {
-            request = request.header("authorization", format!("Token {t}"));
-        }
-        let response = request.send().await.ok()?;
-        Some((response.status().as_u16(), ()))
-    }
-}
-
 /// `webhookd label-studio connect` against `ls`, relaying to `served`; asserts success and that no token is
 /// printed; returns stdout.
 async fn connect(env: &TestEnv, ls: &LabelStudio, served: &ServeProcess, extra: &[&str]) -> String {
@@ -253,7 +239,8 @@ fn connect_command(
     let mut command = env.webhookd();
     command
         .args(["label-studio", "connect", "--url", &ls.base])
-        .args(["--label-studio-token", LS_TOKEN, "--organization", "1"])
+        .env("LABEL_STUDIO_API_KEY", LS_TOKEN)
+        .args(["--organization", "1"])
         .args(["--relay-url", &served.api.base])
         .args(extra);
     command

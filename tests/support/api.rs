@@ -158,6 +158,17 @@ impl ApiClient {
         format!("{}{path}", self.base)
     }
 
+    /// The status of a request to a server that may not be listening yet: `None` while it cannot connect.
+    #[allow(dead_code)] // Not every test binary that includes the support module waits for a server.
+    pub async fn try_status(&self, method: &str, path: &str, token: Option<&str>) -> Option<u16> {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).ok()?;
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(t) = token {
+            request = request.header("authorization", format!("Token {t}"));
+        }
+        Some(request.send().await.ok()?.status().as_u16())
+    }
+
     /// Sends a request; returns the status and the JSON body (`Null` when empty, a string when not JSON).
     pub async fn call(
         &self,

@@ -53,8 +53,13 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 
 /// Peak resident set size in MiB (`VmHWM` of `/proc/<pid>/status`).
 pub fn peak_rss_mib(pid: u32) -> Option<f64> {
+    status_mib(pid, "VmHWM:")
+}
+
+/// A size field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:` …), in MiB.
+pub fn status_mib(pid: u32, field: &str) -> Option<f64> {
     let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }

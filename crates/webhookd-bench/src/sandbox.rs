@@ -3,10 +3,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lapin::Connection;
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 use webhookd_broker::Topology;
 use webhookd_core::retry_policy::DEFAULT_SCHEDULE;
 use webhookd_core::RetryPolicy;
@@ -202,4 +202,66 @@ impl Sandbox {
         self.topology.delete(&channel).await?;
         Ok(())
     }
+}
+
+/// A port free on 127.0.0.1 now, for a process to listen on.
+pub fn free_port() -> Result<u16, BoxError> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("finding a free port: {e}"))?
+        .port())
+}
+
+/// Fails if one of `processes` has exited.
+pub fn alive(processes: &mut [Child]) -> Result<(), BoxError> {
+    for process in processes {
+        if let Some(status) = process.try_wait()? {
+            return Err(format!("a webhookd process exited: {status}").into());
+        }
+    }
+    Ok(())
+}
+
+/// Waits until `GET {base}/readyz` answers 200 (its database and broker reachable), for at most `within`,
+/// failing at once if one of `processes` exits meanwhile.
+pub async fn wait_ready(
+    base: &str,
+    processes: &mut [Child],
+    within: Duration,
+) -> Result<(), BoxError> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let started = Instant::now();
+    loop {
+        alive(processes)?;
+        let ready = client.get(format!("{base}/readyz")).send().await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        if started.elapsed() > within {
+            return Err(format!(
+                "{base}/readyz did not answer 200 within {} s",
+                within.as_secs()
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Kills `processes` and waits for each (10 s at most); returns what went wrong.
+pub async fn kill_all(processes: impl IntoIterator<Item = Child>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for mut process in processes {
+        let _ = process.start_kill();
+        if tokio::time::timeout(Duration::from_secs(10), process.wait())
+            .await
+            .is_err()
+        {
+            problems.push("a webhookd process did not die within 10 s of SIGKILL".to_owned());
+        }
+    }
+    problems
 }

@@ -27,7 +27,7 @@ use crate::procstat;
 use crate::publish::{self, Plan};
 use crate::receiver::{Behavior, Receiver};
 use crate::report::{num, round, Percentiles, Table};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{self, Sandbox};
 use crate::scenarios::Report;
 use crate::world::MEASURED_ORGANIZATION;
 use crate::BoxError;
@@ -160,7 +160,7 @@ impl Stage {
         command: &str,
         env: &[(&'static str, String)],
     ) -> Result<(u32, String), BoxError> {
-        let port = free_port()?;
+        let port = sandbox::free_port()?;
         let listen = format!("127.0.0.1:{port}");
         let mut cmd = self.sandbox.command(env);
         cmd.arg(command)
@@ -186,20 +186,11 @@ impl Stage {
 
     /// Fails if one of the processes has exited.
     fn check_alive(&mut self) -> Result<(), BoxError> {
-        alive(&mut self.children)
+        sandbox::alive(&mut self.children)
     }
 
     async fn teardown(&mut self) -> Result<(), BoxError> {
-        let mut problems = Vec::new();
-        for mut child in self.children.drain(..) {
-            let _ = child.start_kill();
-            if tokio::time::timeout(Duration::from_secs(10), child.wait())
-                .await
-                .is_err()
-            {
-                problems.push("a webhookd process did not die within 10 s of SIGKILL".to_owned());
-            }
-        }
+        let mut problems = sandbox::kill_all(self.children.drain(..)).await;
         if let Some(receiver) = self.receiver.take() {
             receiver.stop().await;
         }
@@ -237,23 +228,6 @@ where
     }
 }
 
-/// Fails if one of `children` has exited.
-fn alive(children: &mut [Child]) -> Result<(), BoxError> {
-    for child in children {
-        if let Some(status) = child.try_wait()? {
-            return Err(format!("a webhookd process exited: {status}").into());
-        }
-    }
-    Ok(())
-}
-
-fn free_port() -> Result<u16, BoxError> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("finding a free port: {e}"))?
-        .port())
-}
-
 fn http_client() -> Result<reqwest::Client, BoxError> {
     Ok(reqwest::Client::builder()
         .no_proxy()
@@ -281,36 +255,10 @@ async fn metrics(client: &reqwest::Client, base: &str) -> Option<String> {
 
 /// `VmRSS` and `VmHWM` of a process, MiB.
 fn rss_mib(pid: u32) -> (Option<f64>, Option<f64>) {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return (None, None);
-    };
-    let field = |name: &str| -> Option<f64> {
-        let line = text.lines().find(|l| l.starts_with(name))?;
-        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// Waits until `GET {base}/readyz` answers 200 (at most 120 s).
-async fn wait_ready(
-    stage: &mut Stage,
-    client: &reqwest::Client,
-    base: &str,
-) -> Result<(), BoxError> {
-    let started = Instant::now();
-    loop {
-        stage.check_alive()?;
-        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
-            if r.status().is_success() {
-                return Ok(());
-            }
-        }
-        if started.elapsed() > Duration::from_secs(120) {
-            return Err(format!("{base}/readyz did not answer 200 within 120 s").into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    (
+        procstat::status_mib(pid, "VmRSS:"),
+        procstat::status_mib(pid, "VmHWM:"),
+    )
 }
 
 /// Times `n` requests made by `make`, each of which must answer `expect`; milliseconds.
@@ -657,7 +605,7 @@ async fn webhooks_run(
 
     // A real API: the webhooks of organization 1 (total / organizations of them).
     let (_, api) = stage.spawn("api", &[])?;
-    wait_ready(stage, &http, &api).await?;
+    sandbox::wait_ready(&api, &mut stage.children, Duration::from_secs(120)).await?;
     let token = api_tokens::create_token(&**client, 1, "scale").await?;
     let url = format!("{api}/api/webhooks/");
     let listed_body = http
@@ -925,7 +873,7 @@ async fn backlog_run(stage: &mut Stage, sizes: ScaleSizes) -> Result<BacklogRun,
             r = &mut publishing, if !published_t => { r?; published_t = true; }
             _ = tokio::time::sleep(Duration::from_millis(2)) => {}
         }
-        alive(&mut stage.children)?;
+        sandbox::alive(&mut stage.children)?;
         let receiver = stage.receiver.as_ref().ok_or("no receiver")?;
         let p = receiver.progress(&[0]);
         if p.distinct > before && first_new.is_none() {
@@ -1273,7 +1221,7 @@ async fn log_run(stage: &mut Stage, sizes: ScaleSizes) -> Result<LogRun, BoxErro
             ("WEBHOOKD_RECOVERIES_BURST", "100000".to_owned()),
         ],
     )?;
-    wait_ready(stage, &http, &api).await?;
+    sandbox::wait_ready(&api, &mut stage.children, Duration::from_secs(120)).await?;
     let token = api_tokens::create_token(&**client, 1, "scale").await?;
     let auth = format!("Token {token}");
     let webhook = 1000i64;

@@ -20,7 +20,7 @@ use crate::publish::{self, Plan, Published};
 use crate::receiver::{Behavior, Receiver, Snapshot};
 use crate::relay::{self, RelayTarget};
 use crate::report::{round, Percentiles};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{self, Sandbox};
 use crate::BoxError;
 
 /// No new delivery for this long means the run is stuck.
@@ -339,29 +339,6 @@ pub async fn run(spec: &RunSpec, worker_bin: &Path) -> Result<RunResult, BoxErro
     }
 }
 
-/// Waits until `webhookd serve`'s `/readyz` at `base` answers 200 (its database and broker reachable), for
-/// at most 60 s.
-async fn wait_until_ready(base: &str, process: &mut Child) -> Result<(), BoxError> {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(2))
-        .build()?;
-    let started = Instant::now();
-    loop {
-        if let Some(status) = process.try_wait()? {
-            return Err(format!("webhookd serve exited during start-up: {status}").into());
-        }
-        let ready = client.get(format!("{base}/readyz")).send().await;
-        if ready.is_ok_and(|r| r.status().is_success()) {
-            return Ok(());
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            return Err(format!("{base}/readyz did not answer 200 within 60 s").into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The timed webhook's retries against their due times (see [`Punctuality`]). The failed rows of at least
 /// `deliveries` deliveries are waited for (up to 10 s): each delivery's first attempt failed.
 async fn punctuality(
@@ -418,10 +395,7 @@ impl World {
         let mut worker_command = self.sandbox.command(&spec.worker_env);
         let api_base = if spec.relay {
             // `serve`: the API beside the worker, on a port of its own.
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map_err(|e| format!("finding a free port for the API: {e}"))?
-                .port();
+            let port = sandbox::free_port()?;
             worker_command
                 .arg("serve")
                 .env("WEBHOOKD_LISTEN", format!("127.0.0.1:{port}"));
@@ -508,7 +482,8 @@ impl World {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         if let Some(base) = &api_base {
-            wait_until_ready(base, worker).await?;
+            sandbox::wait_ready(base, std::slice::from_mut(worker), Duration::from_secs(60))
+                .await?;
         }
 
         let expected = spec.expected();
@@ -745,16 +720,7 @@ impl World {
 
     /// Kills the worker, stops the receiver, then removes the sandbox's names.
     async fn teardown(&mut self) -> Result<(), BoxError> {
-        let mut problems = Vec::new();
-        if let Some(mut worker) = self.worker.take() {
-            let _ = worker.start_kill();
-            if tokio::time::timeout(Duration::from_secs(10), worker.wait())
-                .await
-                .is_err()
-            {
-                problems.push("the worker did not die within 10 s of SIGKILL".to_owned());
-            }
-        }
+        let mut problems = sandbox::kill_all(self.worker.take()).await;
         if let Some(receiver) = self.receiver.take() {
             receiver.stop().await;
         }
