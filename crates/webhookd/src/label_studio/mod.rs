@@ -98,7 +98,13 @@ pub(crate) async fn connect(config: &Config, args: ConnectArgs) -> Result<(), St
     tokio::spawn(crate::stop_on_signal(stop.clone()));
     let mut first = true;
     while !stop.is_cancelled() {
-        match round(config, &args, &ls, &pool, &relay_url, &mut token, first).await {
+        // A signal ends a round under way too (each request may take up to its 30 s timeout): what it did
+        // stands, and the next run takes the plan up again.
+        let result = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = round(config, &args, &ls, &pool, &relay_url, &mut token, first) => r,
+        };
+        match result {
             Ok(()) => first = false,
             // Label Studio may be starting, or restarting: say so, and try again next round.
             Err(e) => eprintln!(
