@@ -83,13 +83,12 @@ impl Dispatcher {
             Ok(checked) => checked,
             Err(error) => return AttemptReport::unsendable(error, started.elapsed()),
         };
-        let sent = self
-            .client
-            .post(url)
-            .headers(headers)
-            .body(attempt.body)
-            .send()
-            .await;
+        // The request is built whole: `RequestBuilder::headers` would copy the map into the request's empty
+        // one, entry by entry (1 % of the worker's CPU at saturation).
+        let mut request = reqwest::Request::new(reqwest::Method::POST, url);
+        *request.headers_mut() = headers;
+        *request.body_mut() = Some(attempt.body.into());
+        let sent = self.client.execute(request).await;
         match sent {
             Ok(response) => answer::read(response, self.excerpt_bytes, started).await,
             Err(e) => answer::failed(&e, started),
