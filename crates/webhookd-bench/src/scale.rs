@@ -26,7 +26,7 @@ use webhookd_store::{api_tokens, retention, webhooks};
 use crate::procstat;
 use crate::publish::{self, Plan};
 use crate::receiver::{Behavior, Receiver};
-use crate::report::{num, round, Percentiles, Table};
+use crate::report::{median, num, round, Percentiles, Table};
 use crate::sandbox::{self, Sandbox};
 use crate::scenarios::Report;
 use crate::world::MEASURED_ORGANIZATION;
@@ -407,10 +407,10 @@ async fn webhooks_part(sizes: &ScaleSizes, bin: &Path) -> Result<Report, BoxErro
         table.row(name, runs.iter().map(f).collect());
     };
     row("load all (query), ms, median", &|r| {
-        num(Some(median(&r.load_ms)), 1)
+        num(Some(median(r.load_ms.clone())), 1)
     });
     row("SubscriptionIndex::new, ms, median", &|r| {
-        num(Some(median(&r.index_ms)), 1)
+        num(Some(median(r.index_ms.clone())), 1)
     });
     row("refresh one org p50 ms", &|r| num(Some(r.refresh.p50), 3));
     row("refresh one org p99 ms", &|r| num(Some(r.refresh.p99), 3));
@@ -638,12 +638,6 @@ async fn webhooks_run(
         api_list,
         api_list_size: listed.len(),
     })
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_unstable_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 
 use crate::limits;
 use crate::receiver::Behavior;
-use crate::report::{num, round, Table};
+use crate::report::{median, num, round, Table};
 use crate::world::{self, DiskSample, RunResult, RunSpec, Stream, MEASURED_ORGANIZATION};
 use crate::BoxError;
 
@@ -217,6 +217,24 @@ pub async fn latency(scale: &Scale, bin: &Path) -> Result<Report, BoxError> {
         json_runs,
         extra,
     );
+    let split = |pick: fn(&world::LatencySplit) -> (f64, f64)| -> Vec<String> {
+        runs.iter()
+            .map(|r| match &r.split {
+                Some(s) => {
+                    let (before, after) = pick(s);
+                    format!("{before:.2} / {after:.2}")
+                }
+                None => "-".to_owned(),
+            })
+            .collect()
+    };
+    report.table.row(
+        "split at the claim, median ms: publish → claimed / claimed → received",
+        split(|s| s.all),
+    );
+    report
+        .table
+        .row("… of the slowest 1 %", split(|s| s.slowest));
     report.table.row(
         "RabbitMQ alone: latency p50 / p99 / max ms",
         floors
@@ -1111,26 +1129,4 @@ fn run_table(title: &str, runs: &[RunResult]) -> Table {
         num(Some(r.wall_s), 2)
     });
     t
-}
-
-/// The median of `values` (the mean of the middle two for an even count); 0 for none.
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::median;
-
-    #[test]
-    fn the_median_is_the_middle_value_or_the_mean_of_the_middle_two() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
-        assert_eq!(median(Vec::new()), 0.0);
-    }
 }

@@ -19,7 +19,7 @@ use crate::procstat::{self, Services};
 use crate::publish::{self, Plan, Published};
 use crate::receiver::{Behavior, Receiver, Snapshot};
 use crate::relay::{self, RelayTarget};
-use crate::report::{round, Percentiles};
+use crate::report::{median, round, Percentiles};
 use crate::sandbox::{self, Sandbox};
 use crate::BoxError;
 
@@ -186,6 +186,8 @@ pub struct RunResult {
     pub wall_s: f64,
     /// The timed webhook's retries, if the spec names one.
     pub punctuality: Option<Punctuality>,
+    /// A paced run's latency split at the event's claim.
+    pub split: Option<LatencySplit>,
     /// The unmeasured stream, if the spec has one.
     pub background: Option<BackgroundResult>,
     /// The database's size over the run (`disk_every`), the first sample before publishing.
@@ -232,6 +234,7 @@ impl RunResult {
             "publish_s": round(self.published.seconds, 3),
             "publish_per_s": round(self.published.events as f64 / self.published.seconds.max(1e-9), 1),
             "latency_ms": self.latency.map(Percentiles::to_json),
+            "latency_split": self.split.map(LatencySplit::to_json),
             "publisher_lag_ms": self.published.lag.map(Percentiles::to_json),
             "peak_rss_mib": self.peak_rss_mib.map(|v| round(v, 1)),
             "worker_cpu_s": self.worker_cpu_s.map(|v| round(v, 2)),
@@ -339,6 +342,100 @@ pub async fn run(spec: &RunSpec, worker_bin: &Path) -> Result<RunResult, BoxErro
     }
 }
 
+/// Where a paced run's latency went, split at the moment the worker claimed the event (the claim
+/// statement's start in PostgreSQL, `events.created_at`): before it, the broker, the consumer and the
+/// handler's start; after it, the claim's commit, the fan-out and the POST. Medians, milliseconds, of every
+/// first attempt and of the slowest 1 % of them.
+#[derive(Debug, Clone, Copy)]
+pub struct LatencySplit {
+    /// First attempts split.
+    pub samples: usize,
+    /// All of them: publish → claimed, claimed → received.
+    pub all: (f64, f64),
+    /// Those at or above the 99th percentile of publish → received.
+    pub slowest: (f64, f64),
+    /// How many those are.
+    pub slowest_samples: usize,
+}
+
+impl LatencySplit {
+    /// For the JSON line.
+    pub fn to_json(self) -> Value {
+        json!({
+            "samples": self.samples,
+            "all_publish_to_claim_ms": round(self.all.0, 2),
+            "all_claim_to_receipt_ms": round(self.all.1, 2),
+            "slowest_1pct_samples": self.slowest_samples,
+            "slowest_1pct_publish_to_claim_ms": round(self.slowest.0, 2),
+            "slowest_1pct_claim_to_receipt_ms": round(self.slowest.1, 2),
+        })
+    }
+
+    /// From (publish → claimed, claimed → received) pairs in microseconds; `None` without any.
+    pub fn of_micros(pairs: &[(i64, i64)]) -> Option<Self> {
+        if pairs.is_empty() {
+            return None;
+        }
+        let mut by_total: Vec<(i64, i64)> = pairs.to_vec();
+        by_total.sort_by_key(|(a, b)| a + b);
+        let cut = (by_total.len() * 99 / 100).min(by_total.len() - 1);
+        let medians = |part: &[(i64, i64)]| {
+            let ms = |us: i64| us as f64 / 1000.0;
+            (
+                median(part.iter().map(|p| ms(p.0)).collect()),
+                median(part.iter().map(|p| ms(p.1)).collect()),
+            )
+        };
+        Some(Self {
+            samples: pairs.len(),
+            all: medians(&by_total),
+            slowest: medians(&by_total[cut..]),
+            slowest_samples: by_total.len() - cut,
+        })
+    }
+}
+
+/// The latency split of the webhooks `hooks` (see [`LatencySplit`]): their first attempts' receipts against
+/// the publisher's `sent_at_us` and the event's claim, both read from the stored event.
+async fn latency_split(
+    client: &tokio_postgres::Client,
+    receiver: &Receiver,
+    webhook_ids: &[i64],
+    hooks: &[usize],
+) -> Result<LatencySplit, BoxError> {
+    let mut pairs = Vec::new();
+    for &hook in hooks {
+        let Some(&id) = webhook_ids.get(hook) else {
+            continue;
+        };
+        let arrivals = receiver.attempt_times(hook);
+        let rows = client
+            .query(
+                "SELECT a.delivery_id,
+                        (e.body -> 'payload' -> 'project' ->> 'sent_at_us')::int8,
+                        (extract(epoch FROM e.created_at) * 1000000)::int8
+                   FROM delivery_attempts a JOIN events e ON e.id = a.event_id
+                  WHERE a.webhook_id = $1 AND a.attempt = 1",
+                &[&id],
+            )
+            .await?;
+        for row in &rows {
+            let delivery: uuid::Uuid = row.try_get(0)?;
+            let (Some(sent), Some(claimed)) = (
+                row.try_get::<_, Option<i64>>(1)?,
+                row.try_get::<_, Option<i64>>(2)?,
+            ) else {
+                continue;
+            };
+            if let Some(&arrived) = arrivals.get(&(delivery, 1)) {
+                pairs.push((claimed - sent, arrived as i64 - claimed));
+            }
+        }
+    }
+    LatencySplit::of_micros(&pairs)
+        .ok_or_else(|| "no first attempt could be split (none logged and received)".into())
+}
+
 /// The timed webhook's retries against their due times (see [`Punctuality`]). The failed rows of at least
 /// `deliveries` deliveries are waited for (up to 10 s): each delivery's first attempt failed.
 async fn punctuality(
@@ -415,7 +512,11 @@ impl World {
             )
             .into());
         }
-        let timed: Vec<usize> = spec.timed.into_iter().collect();
+        // A paced run times its measured webhooks' receipts too, for the split of its latency.
+        let mut timed: Vec<usize> = spec.timed.into_iter().collect();
+        if spec.rate.is_some() {
+            timed.extend(spec.latency_hooks());
+        }
         let receiver = self
             .receiver
             .insert(Receiver::start_timing(spec.hooks.clone(), &timed).await?);
@@ -653,6 +754,12 @@ impl World {
             }
             None => None,
         };
+        let split = match spec.rate {
+            Some(_) => {
+                Some(latency_split(&client, receiver, &webhook_ids, &spec.latency_hooks()).await?)
+            }
+            None => None,
+        };
         // Costs, just before the worker is killed.
         let peak_rss_mib = procstat::peak_rss_mib(pid);
         let worker_cpu_s = procstat::cpu_seconds(pid)
@@ -704,6 +811,7 @@ impl World {
             services,
             wall_s,
             punctuality,
+            split,
             background: background_published.map(|published| BackgroundResult {
                 organization: background_plan
                     .as_ref()
@@ -732,5 +840,23 @@ impl World {
         } else {
             Err(problems.join("; ").into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LatencySplit;
+
+    #[test]
+    fn the_split_gives_the_medians_of_all_and_of_the_slowest_hundredth() {
+        // 99 fast deliveries (1 ms before the claim, 0.5 ms after) and one slow before its claim.
+        let mut pairs = vec![(1_000, 500); 99];
+        pairs.push((20_000, 700));
+        let split = LatencySplit::of_micros(&pairs).unwrap();
+        assert_eq!(split.samples, 100);
+        assert_eq!(split.all, (1.0, 0.5));
+        assert_eq!(split.slowest_samples, 1);
+        assert_eq!(split.slowest, (20.0, 0.7));
+        assert!(LatencySplit::of_micros(&[]).is_none());
     }
 }
