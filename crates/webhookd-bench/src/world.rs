@@ -342,10 +342,10 @@ pub async fn run(spec: &RunSpec, worker_bin: &Path) -> Result<RunResult, BoxErro
     }
 }
 
-/// Where a paced run's latency went, split at the moment the worker claimed the event (the claim
-/// statement's start in PostgreSQL, `events.created_at`): before it, the broker, the consumer and the
-/// handler's start; after it, the claim's commit, the fan-out and the POST. Medians, milliseconds, of every
-/// first attempt and of the slowest 1 % of them.
+/// Where a paced run's latency went, split at the moment the worker claimed the event (when the claim
+/// inserted its row, `events.created_at`): before it, the broker, the consumer, the handler's start and its
+/// wait for the claim writer's write before; after it, the claim's commit, the fan-out and the POST.
+/// Medians, milliseconds, of every first attempt and of the slowest 1 % of them.
 #[derive(Debug, Clone, Copy)]
 pub struct LatencySplit {
     /// First attempts split.
