@@ -204,17 +204,24 @@ pub async fn amqp(
     // The load's connection may have been closed under it as its channels closed with confirms and
     // deliveries still in flight (lapin then reports "invalid connection state"): the measurement stands,
     // and the throwaway queue is deleted through a connection of its own.
-    let _ = connection.close(200, "bench done".into()).await;
-    let deleted = async {
+    let _ = within(CLOSE, "closing the load's connection", async {
+        connection.close(200, "bench done".into()).await
+    })
+    .await;
+    let deleted = within(CLEANUP, "deleting the throwaway queue", async {
         let cleanup = webhookd_broker::connect(AMQP_URL, "webhookd-bench-limits-cleanup").await?;
         let channel = cleanup.create_channel().await?;
         let deleted = channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await;
-        let _ = cleanup.close(200, "bench done".into()).await;
-        deleted.map(drop)
-    }
-    .await;
+        let _ = within(CLOSE, "closing the cleanup connection", async {
+            cleanup.close(200, "bench done".into()).await
+        })
+        .await;
+        deleted.map(drop).map_err(BoxError::from)
+    })
+    .await
+    .and_then(|deleted| deleted);
     match (result, deleted) {
         (Ok(r), Ok(())) => Ok(r),
         (Ok(_), Err(e)) => Err(format!("deleting queue {queue}: {e}").into()),
@@ -317,18 +324,19 @@ async fn amqp_load(
                 let props = BasicProperties::default()
                     .with_content_type("application/json".into())
                     .with_delivery_mode(2);
-                in_flight.push(
-                    channel
-                        .basic_publish("".into(), queue.as_str().into(), options, &body, props)
-                        .await?,
-                );
+                let publish =
+                    channel.basic_publish("".into(), queue.as_str().into(), options, &body, props);
+                in_flight.push(within(CLOSE, "a publish", publish).await??);
                 n += 1;
             }
             // Only confirms that arrive within the window count.
             while let Ok(Some(c)) = tokio::time::timeout_at(end.into(), in_flight.next()).await {
                 confirmed += settle(c)?;
             }
-            let _ = channel.close(200, "done".into()).await;
+            let _ = within(CLOSE, "closing a publisher's channel", async {
+                channel.close(200, "done".into()).await
+            })
+            .await;
             Ok::<_, BoxError>(confirmed)
         });
     }
@@ -348,15 +356,24 @@ async fn amqp_load(
     tokio::time::sleep_until(end.into()).await;
     let consumed_in_window = consumed.load(Ordering::Relaxed);
     stop.cancel();
-    let consumer_result = consuming.await;
-    let _ = consumer_channel.close(200, "done".into()).await;
+    let stopping = consuming.abort_handle();
+    let consumer_result = within(CLOSE, "stopping the consumer", consuming).await;
+    let _ = within(CLOSE, "closing the consumer's channel", async {
+        consumer_channel.close(200, "done".into()).await
+    })
+    .await;
     if let Some(e) = first_error {
         return Err(format!("publishing to {queue}: {e}").into());
     }
     match consumer_result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(format!("consuming from {queue}: {e}").into()),
-        Err(e) => return Err(format!("consumer task failed: {e}").into()),
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(format!("consuming from {queue}: {e}").into()),
+        Ok(Err(e)) => return Err(format!("consumer task failed: {e}").into()),
+        // Stuck in an ack on a connection that is gone: what it counted in the window stands.
+        Err(e) => {
+            stopping.abort();
+            eprintln!("bench: limits: {e}; the {consumed_in_window} messages consumed in the window stand");
+        }
     }
     Ok(AmqpLimit {
         queue_type: queue_type.to_owned(),
@@ -365,6 +382,24 @@ async fn amqp_load(
         seconds: secs,
         message_bytes,
     })
+}
+
+/// How long closing a channel or a connection, stopping the consumer, or one publish may take.
+const CLOSE: Duration = Duration::from_secs(5);
+/// How long deleting a throwaway queue (connecting included) may take.
+const CLEANUP: Duration = Duration::from_secs(15);
+
+/// `fut`, or an error naming `what` once `limit` has passed: a lapin future can stay pending for good
+/// once its connection is gone (seen: `limits` waited with no connection open after its load connection
+/// was closed under it), and the bench must end with a reason instead.
+async fn within<T>(
+    limit: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T, BoxError> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| format!("{what}: not done within {limit:?}").into())
 }
 
 fn settle(confirmation: lapin::Result<Confirmation>) -> Result<u64, BoxError> {
@@ -410,18 +445,26 @@ pub async fn amqp_latency(rate: f64, secs: f64) -> Result<AmqpLatency, BoxError>
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
     let result = latency_load(&connection, &name, rate, secs).await;
-    let deleted = async {
-        let channel = connection.create_channel().await?;
-        channel
-            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-            .await?;
-        channel
-            .exchange_delete(name.as_str().into(), Default::default())
-            .await?;
-        Ok::<_, lapin::Error>(())
-    }
+    let deleted = within(
+        CLEANUP,
+        "deleting the throwaway queue and exchange",
+        async {
+            let channel = connection.create_channel().await?;
+            channel
+                .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+            channel
+                .exchange_delete(name.as_str().into(), Default::default())
+                .await?;
+            Ok::<_, BoxError>(())
+        },
+    )
+    .await
+    .and_then(|deleted| deleted);
+    let _ = within(CLOSE, "closing the connection", async {
+        connection.close(200, "bench done".into()).await
+    })
     .await;
-    let _ = connection.close(200, "bench done".into()).await;
     match (result, deleted) {
         (Ok(r), Ok(())) => Ok(r),
         (Ok(_), Err(e)) => Err(format!("deleting queue and exchange {name}: {e}").into()),
@@ -535,5 +578,21 @@ mod tests {
         let body = envelope("bench-x", 1, 3, 1_700_000_000_123_456);
         assert_eq!(sent_at_us(&body), Some(1_700_000_000_123_456));
         assert_eq!(sent_at_us(b"{}"), None);
+    }
+
+    #[tokio::test]
+    async fn a_broker_call_that_never_answers_ends_with_what_it_was() {
+        let limit = Duration::from_millis(20);
+        let stuck = within(
+            limit,
+            "closing the load's connection",
+            std::future::pending::<()>(),
+        );
+        let error = stuck.await.unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "closing the load's connection: not done within 20ms"
+        );
+        assert_eq!(within(CLOSE, "a publish", async { 7 }).await.unwrap(), 7);
     }
 }

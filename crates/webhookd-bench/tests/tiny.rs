@@ -1,8 +1,11 @@
 //! Every scenario of the benchmark runs at `--scale tiny` against the workspace's `webhookd` binary,
 //! exits 0, and reports every expected delivery.
 
+use std::io::Read;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -23,20 +26,65 @@ fn worker_binary() -> PathBuf {
     worker
 }
 
+/// Far above a tiny run's two or three minutes.
+const BENCH_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Reads `pipe` to its end on a thread of its own; the thread drops its handle when done.
+fn collect(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
+    let text = Arc::new(Mutex::new(Vec::new()));
+    let filled = text.clone();
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 8192];
+        while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+            filled.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    });
+    text
+}
+
 #[test]
 fn every_scenario_runs_at_tiny_scale_and_reports_every_delivery() {
     let worker = worker_binary();
-    let output = Command::new(env!("CARGO_BIN_EXE_webhookd-bench"))
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_webhookd-bench"))
         .args(["all", "--scale", "tiny", "--worker-bin"])
         .arg(&worker)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run webhookd-bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = collect(bench.stdout.take().expect("piped stdout"));
+    let stderr = collect(bench.stderr.take().expect("piped stderr"));
+    // A hang is a failure with what was printed so far, not a test that never ends.
+    let deadline = Instant::now() + BENCH_DEADLINE;
+    let status = loop {
+        if let Some(status) = bench.try_wait().expect("wait for webhookd-bench") {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = bench.kill();
+            let _ = bench.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let read =
+        |text: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&text.lock().unwrap()).into_owned();
+    let Some(status) = status else {
+        panic!(
+            "webhookd-bench did not finish within {BENCH_DEADLINE:?}\n--- stdout\n{}\n--- stderr\n{}",
+            read(&stdout),
+            read(&stderr)
+        );
+    };
+    // The pipes close as the bench exits; what they held is read to the end.
+    let drained = Instant::now() + Duration::from_secs(10);
+    while Arc::strong_count(&stdout) + Arc::strong_count(&stderr) > 2 && Instant::now() < drained {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (stdout, stderr) = (read(&stdout), read(&stderr));
     assert!(
-        output.status.success(),
-        "webhookd-bench exited with {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        output.status
+        status.success(),
+        "webhookd-bench exited with {status}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
     );
     let lines: Vec<Value> = stdout
         .lines()
