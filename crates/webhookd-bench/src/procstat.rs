@@ -1,4 +1,4 @@
-//! What a process costs, from Linux's `/proc`: peak resident memory and CPU time.
+//! What a process costs, from Linux's `/proc`: peak resident memory, CPU time and context switches.
 
 use std::fs;
 
@@ -62,6 +62,54 @@ pub fn status_mib(pid: u32, field: &str) -> Option<f64> {
     let line = text.lines().find(|l| l.starts_with(field))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+/// Context switches of a process: voluntary (a thread went to sleep, to be woken later) and involuntary
+/// (the kernel took the CPU from a runnable thread).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Switches {
+    /// A thread blocked: each is one sleep and one wake-up.
+    pub voluntary: u64,
+    /// A thread was preempted.
+    pub involuntary: u64,
+}
+
+impl Switches {
+    /// The switches from `earlier` to `self`.
+    pub fn since(self, earlier: Switches) -> Switches {
+        Switches {
+            voluntary: self.voluntary.saturating_sub(earlier.voluntary),
+            involuntary: self.involuntary.saturating_sub(earlier.involuntary),
+        }
+    }
+}
+
+/// Context switches of all of a process's live threads (`/proc/<pid>/task/*/status`; a thread that has
+/// ended takes its counts with it, so sample while the threads that matter run).
+pub fn context_switches(pid: u32) -> Option<Switches> {
+    let mut total = Switches::default();
+    for task in fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        if let Ok(text) = fs::read_to_string(task.path().join("status")) {
+            let counted = parse_switches(&text);
+            total.voluntary += counted.voluntary;
+            total.involuntary += counted.involuntary;
+        }
+    }
+    Some(total)
+}
+
+fn parse_switches(status: &str) -> Switches {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Switches {
+        voluntary: field("voluntary_ctxt_switches:"),
+        involuntary: field("nonvoluntary_ctxt_switches:"),
+    }
 }
 
 /// File descriptors a process has open.
@@ -160,6 +208,37 @@ mod tests {
         assert_eq!(comm, "my (odd) name");
         assert_eq!(ticks.own, 325);
         assert_eq!(ticks.children, 7);
+    }
+
+    #[test]
+    fn status_switch_counts_parse_and_subtract() {
+        let status =
+            "Name:\tworker\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n";
+        let later = parse_switches(status);
+        assert_eq!(
+            later,
+            Switches {
+                voluntary: 120,
+                involuntary: 7
+            }
+        );
+        let earlier = Switches {
+            voluntary: 20,
+            involuntary: 9,
+        };
+        assert_eq!(
+            later.since(earlier),
+            Switches {
+                voluntary: 100,
+                involuntary: 0
+            }
+        );
+    }
+
+    #[test]
+    fn this_process_has_context_switches_on_record() {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        assert!(context_switches(std::process::id()).unwrap().voluntary > 0);
     }
 
     #[test]

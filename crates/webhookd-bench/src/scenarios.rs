@@ -1060,6 +1060,13 @@ fn run_table(title: &str, runs: &[RunResult]) -> Table {
     row("worker CPU s / 10k deliveries", &|r| {
         num(r.cpu_s_per_10k(), 3)
     });
+    row(
+        "worker context switches / delivery, voluntary / involuntary",
+        &|r| match r.switches_per_delivery() {
+            Some((v, i)) => format!("{v:.2} / {i:.2}"),
+            None => "-".into(),
+        },
+    );
     row("PostgreSQL CPU during the run, s", &|r| {
         num(Some(r.services.postgres), 2)
     });

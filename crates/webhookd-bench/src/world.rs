@@ -175,6 +175,8 @@ pub struct RunResult {
     pub worker_cpu_s: Option<f64>,
     /// CPU seconds of the worker's start-up (migrations, topology, subscription cache).
     pub worker_startup_cpu_s: Option<f64>,
+    /// The worker's context switches over the same span as `worker_cpu_s`, all its threads.
+    pub worker_switches: Option<procstat::Switches>,
     /// Most file descriptors the worker had open (sampled every 0.5 s).
     pub peak_fds: usize,
     /// Messages ready in the retry queue (waiting for a worker's consumer window), sampled every 0.5 s:
@@ -203,6 +205,13 @@ impl RunResult {
     pub fn cpu_s_per_10k(&self) -> Option<f64> {
         let cpu = self.worker_cpu_s?;
         (self.deliveries > 0).then(|| cpu * 10_000.0 / self.deliveries as f64)
+    }
+
+    /// The worker's context switches per delivery: (voluntary, involuntary).
+    pub fn switches_per_delivery(&self) -> Option<(f64, f64)> {
+        let s = self.worker_switches?;
+        let n = self.deliveries as f64;
+        (self.deliveries > 0).then(|| (s.voluntary as f64 / n, s.involuntary as f64 / n))
     }
 
     /// Busy CPU of the machine not accounted to the worker, PostgreSQL, RabbitMQ or the bench: other
@@ -240,6 +249,10 @@ impl RunResult {
             "worker_cpu_s": self.worker_cpu_s.map(|v| round(v, 2)),
             "worker_startup_cpu_s": self.worker_startup_cpu_s.map(|v| round(v, 2)),
             "cpu_s_per_10k": self.cpu_s_per_10k().map(|v| round(v, 3)),
+            "worker_switches_per_delivery": self.switches_per_delivery().map(|(v, i)| json!({
+                "voluntary": round(v, 2),
+                "involuntary": round(i, 2),
+            })),
             "worker_peak_open_fds": self.peak_fds,
             "retry_queue_ready_peak": self.retry_queue_ready.0,
             "retry_queue_ready_mean": round(self.retry_queue_ready.1, 1),
@@ -614,6 +627,7 @@ impl World {
         let deadline = Duration::from_secs_f64(120.0 + publish_time + expected as f64 * 0.01);
         let before = Services::sample();
         let worker_startup_cpu_s = procstat::cpu_seconds(pid);
+        let switches_at_start = procstat::context_switches(pid);
         let t0 = Instant::now();
         let mut disk = Vec::new();
         let mut disk_due = t0;
@@ -764,6 +778,9 @@ impl World {
         let peak_rss_mib = procstat::peak_rss_mib(pid);
         let worker_cpu_s = procstat::cpu_seconds(pid)
             .map(|end| (end - worker_startup_cpu_s.unwrap_or(0.0)).max(0.0));
+        let worker_switches = procstat::context_switches(pid)
+            .zip(switches_at_start)
+            .map(|(end, start)| end.since(start));
         let services = Services::sample().since(&before);
 
         let attempts_by_outcome = client
@@ -802,6 +819,7 @@ impl World {
             peak_rss_mib,
             worker_cpu_s,
             worker_startup_cpu_s,
+            worker_switches,
             peak_fds,
             retry_queue_ready: (
                 retry_ready.iter().copied().max().unwrap_or(0),

@@ -128,6 +128,10 @@ fn every_scenario_runs_at_tiny_scale_and_reports_every_delivery() {
         assert_eq!(run["deliveries"], run["expected_deliveries"], "{run}");
         assert_eq!(run["logged"], run["expected_deliveries"], "{run}");
         assert!(run["latency_ms"]["p99"].is_number(), "{run}");
+        // Every delivery needs at least one wake-up of the worker at these rates.
+        let switches = &run["worker_switches_per_delivery"];
+        assert!(switches["voluntary"].as_f64().unwrap_or(0.0) > 0.0, "{run}");
+        assert!(switches["involuntary"].is_number(), "{run}");
     }
     let slow = line("slow-endpoint");
     let runs = slow["runs"].as_array().expect("slow-endpoint runs");
