@@ -481,3 +481,29 @@ async fn sigterm_mid_stream_exits_zero_within_the_grace_period() {
     s.complete("SIGTERM mid-stream").await;
     next.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_the_broker_answers_nothing_still_exits_in_time() {
+    let _serial = SERIAL.lock().await;
+    let s = Stream::new("mqstall").await;
+    let proxy = Proxy::start(rabbit()).await;
+    let mut worker = s.worker(postgres(), proxy.addr);
+    let fault = async {
+        s.reached(0.3).await;
+        // The connection stays open but the broker answers nothing: neither the consumers' cancel nor the
+        // connection's close gets its reply.
+        proxy.stall();
+        let (code, took) = worker.terminate(Duration::from_secs(40)).await;
+        assert_eq!(code, Some(0), "SIGTERM ends the worker cleanly");
+        assert!(
+            took < Duration::from_secs(20),
+            "stopped in {took:?}: the 10 s grace period and the broker calls' deadlines are far less"
+        );
+        // Its connection ends at the broker too, which hands what it had not acknowledged to the next worker.
+        proxy.cut();
+        s.worker(postgres(), rabbit())
+    };
+    let (_, mut next) = tokio::join!(s.publish_all(), fault);
+    s.complete("SIGTERM while the broker answers nothing").await;
+    next.kill().await;
+}

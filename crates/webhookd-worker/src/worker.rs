@@ -33,6 +33,10 @@ use crate::upkeep::{keep_retention, watch_writers};
 
 /// How long a stopping session waits for its last acknowledgements to be sent.
 const ACKS_FLUSH: Duration = Duration::from_secs(5);
+/// How long a stopping session waits for the broker's answer to a consumer's cancel or to the connection's
+/// close: a broker that keeps the connection open but answers nothing must not keep a worker from stopping,
+/// or from reconnecting.
+const BROKER_ANSWER: Duration = Duration::from_secs(2);
 /// Events per claim: on the way to the receiver, so written at once, without waiting for more.
 const CLAIMS: BatchLimits = BatchLimits {
     requests: 1000,
@@ -213,8 +217,7 @@ impl Worker {
         };
         if ended.is_ok() {
             // Stop taking messages, let those in flight finish (and be acked), then leave.
-            let _ = stop_consuming(&events_channel, QueueKind::Events).await;
-            let _ = stop_consuming(&retries_channel, QueueKind::Retries).await;
+            stop(&events_channel, &retries_channel).await;
             drain(&mut tasks, settings.shutdown_grace).await;
         }
         self.broker_ready.store(false, Ordering::Release);
@@ -313,8 +316,28 @@ async fn drain(tasks: &mut JoinSet<()>, grace: Duration) {
     }
 }
 
+/// Cancels both consumers, so that the broker sends no more; waits at most `BROKER_ANSWER` for its answers.
+async fn stop(events: &lapin::Channel, retries: &lapin::Channel) {
+    let cancels = futures::future::join(
+        stop_consuming(events, QueueKind::Events),
+        stop_consuming(retries, QueueKind::Retries),
+    );
+    if tokio::time::timeout(BROKER_ANSWER, cancels).await.is_err() {
+        tracing::warn!(
+            wait_ms = BROKER_ANSWER.as_millis() as u64,
+            "the broker did not confirm the consumers' cancel; finishing the messages in flight anyway"
+        );
+    }
+}
+
+/// Closes the connection; waits at most `BROKER_ANSWER` for the broker's answer (whatever it has not acked
+/// is redelivered once the connection is gone).
 async fn close(connection: Connection) {
-    let _ = connection
-        .close(200, "webhookd worker stopping".into())
-        .await;
+    let closing = connection.close(200, "webhookd worker stopping".into());
+    if tokio::time::timeout(BROKER_ANSWER, closing).await.is_err() {
+        tracing::warn!(
+            wait_ms = BROKER_ANSWER.as_millis() as u64,
+            "the broker did not answer the connection's close; leaving it"
+        );
+    }
 }
