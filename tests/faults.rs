@@ -507,3 +507,25 @@ async fn sigterm_while_the_broker_answers_nothing_still_exits_in_time() {
     s.complete("SIGTERM while the broker answers nothing").await;
     next.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_the_broker_never_finishes_the_handshake_exits_at_once() {
+    let _serial = SERIAL.lock().await;
+    let s = Stream::new("mqmute").await;
+    let proxy = Proxy::start(rabbit()).await;
+    // The TCP connection opens, but the broker's side of the AMQP handshake never arrives.
+    proxy.stall();
+    let mut worker = s.worker(postgres(), proxy.addr);
+    wait_for(
+        "the worker's connection to the broker, in its handshake",
+        Duration::from_secs(30),
+        || {
+            let connected = proxy.connections() > 0;
+            async move { connected.then_some(()) }
+        },
+    )
+    .await;
+    let (code, took) = worker.terminate(Duration::from_secs(30)).await;
+    assert_eq!(code, Some(0), "SIGTERM ends the worker cleanly");
+    assert!(took < Duration::from_secs(5), "stopped in {took:?}");
+}

@@ -120,6 +120,11 @@ impl Proxy {
         }
     }
 
+    /// Connections accepted so far (and not dropped by `cut`).
+    pub fn connections(&self) -> usize {
+        self.conns.lock().unwrap().len()
+    }
+
     /// Drops every connection and refuses new ones.
     pub fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);

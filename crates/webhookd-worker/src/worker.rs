@@ -183,7 +183,12 @@ impl Worker {
             mut events,
             retries_channel,
             mut retries,
-        } = self.open().await?;
+        } = tokio::select! {
+            // A broker that accepts the connection but never finishes the handshake must not keep a
+            // stopping worker waiting.
+            _ = shutdown.cancelled() => return Ok(()),
+            opened = self.open() => opened?,
+        };
         tracing::info!(queue = %settings.topology.work_queue(), prefetch = settings.prefetch, "worker consuming");
         webhookd_metrics::BROKER_CONNECTED.set(1);
         self.broker_ready.store(true, Ordering::Release);
