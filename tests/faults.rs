@@ -529,3 +529,38 @@ async fn sigterm_while_the_broker_never_finishes_the_handshake_exits_at_once() {
     assert_eq!(code, Some(0), "SIGTERM ends the worker cleanly");
     assert!(took < Duration::from_secs(5), "stopped in {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_never_finishes_the_handshake_is_given_up_on_and_tried_again() {
+    let _serial = SERIAL.lock().await;
+    let s = Stream::new("mqhung").await;
+    let proxy = Proxy::start(rabbit()).await;
+    proxy.stall();
+    let mut worker = s.worker(postgres(), proxy.addr);
+    // It gives up on the silent broker by itself (20 s) and tries again, as it would to reach another node.
+    let given_up = wait_for(
+        "the worker to give up on the handshake",
+        Duration::from_secs(60),
+        || {
+            let ended = worker.logged(SESSION_ENDED);
+            async move { ended.into_iter().next() }
+        },
+    )
+    .await;
+    let error = given_up["error"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        error.contains("did not open the session") && error.contains("20s"),
+        "{given_up}"
+    );
+    wait_for("a second attempt", Duration::from_secs(30), || {
+        let attempts = proxy.connections();
+        async move { (attempts >= 2).then_some(()) }
+    })
+    .await;
+    // Once the broker answers, the stream goes through.
+    proxy.restore();
+    s.publish_all().await;
+    s.complete("a broker that never finished the handshake, then answered")
+        .await;
+    worker.kill().await;
+}

@@ -33,6 +33,11 @@ use crate::upkeep::{keep_retention, watch_writers};
 
 /// How long a stopping session waits for its last acknowledgements to be sent.
 const ACKS_FLUSH: Duration = Duration::from_secs(5);
+/// How long opening a broker session (connection, handshake, channels, topology, consumers) may take before
+/// it is abandoned and tried again: a broker that accepts the connection but never answers (a hung node, or
+/// one behind a load balancer that would send the next connection to a healthy node) must not hold the
+/// worker for ever. RabbitMQ gives a client 10 s for its side of the handshake.
+const OPEN_LIMIT: Duration = Duration::from_secs(20);
 /// How long a stopping session waits for the broker's answer to a consumer's cancel or to the connection's
 /// close: a broker that keeps the connection open but answers nothing must not keep a worker from stopping,
 /// or from reconnecting.
@@ -73,6 +78,9 @@ pub enum WorkerError {
     /// A consumer was cancelled or its stream ended.
     #[error("the broker closed the {0} consumer")]
     ConsumerClosed(&'static str),
+    /// The broker did not let a session open in time.
+    #[error("the broker did not open the session (connection, channels, consumers) within {0:?}")]
+    OpenTimedOut(Duration),
 }
 
 /// A worker: consumes until told to stop.
@@ -187,7 +195,10 @@ impl Worker {
             // A broker that accepts the connection but never finishes the handshake must not keep a
             // stopping worker waiting.
             _ = shutdown.cancelled() => return Ok(()),
-            opened = self.open() => opened?,
+            opened = tokio::time::timeout(OPEN_LIMIT, self.open()) => match opened {
+                Ok(opened) => opened?,
+                Err(_) => return Err(WorkerError::OpenTimedOut(OPEN_LIMIT)),
+            },
         };
         tracing::info!(queue = %settings.topology.work_queue(), prefetch = settings.prefetch, "worker consuming");
         webhookd_metrics::BROKER_CONNECTED.set(1);
