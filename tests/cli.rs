@@ -6,6 +6,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
+use support::faults::Proxy;
 use support::receiver::Receiver;
 use support::{actions_file, envelope, wait_for, TestEnv};
 use tokio::process::Command;
@@ -228,6 +229,51 @@ async fn publish_refuses_an_id_longer_than_255_bytes_before_connecting() {
         "{stderr}"
     );
     assert_eq!(env.queued_events().await, 0, "nothing was published");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_gives_up_on_a_broker_that_answers_nothing_and_names_the_id() {
+    let env = TestEnv::new(|_| {}).await;
+    let proxy = Proxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    // The connection opens; the broker's side of the handshake never arrives.
+    proxy.stall();
+    let publish = |timeout: &str| {
+        let mut cmd = env.webhookd();
+        cmd.env("AMQP_URL", format!("amqp://guest:guest@{}/%2f", proxy.addr))
+            .args(["publish", "--timeout", timeout, "--id", "stalled-1"])
+            .args(["--organization", "1", "--action", "PROJECT_DELETED"])
+            .args(["--payload", r#"{"project": {"id": 1}}"#]);
+        cmd
+    };
+    let started = std::time::Instant::now();
+    let out = tokio::time::timeout(DEADLINE, publish("1.5").output())
+        .await
+        .expect("publish ends by itself")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "the broker did not confirm the event within 1.5s: it may or may not be stored; \
+             publishing it again with the id \"stalled-1\" delivers it once"
+        ),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        out.stdout.is_empty(),
+        "no id is printed for an event not confirmed"
+    );
+
+    let out = publish("0").output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "for '--timeout <SECONDS>': expected seconds, more than 0 and at most 3600, got \"0\""
+        ),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

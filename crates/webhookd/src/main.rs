@@ -141,6 +141,20 @@ struct PublishArgs {
     /// delivers the event once.
     #[arg(long, value_parser = event_id)]
     id: Option<String>,
+    /// How long to wait for the broker, connecting and confirming the event, in seconds (fractions allowed,
+    /// at most 3600). A broker that answers nothing makes `publish` fail after it, naming the event's id.
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = publish_timeout)]
+    timeout: std::time::Duration,
+}
+
+/// `--timeout`: seconds, more than 0 and at most an hour.
+fn publish_timeout(raw: &str) -> Result<std::time::Duration, String> {
+    match raw.parse::<f64>() {
+        Ok(s) if s > 0.0 && s <= 3600.0 => Ok(std::time::Duration::from_secs_f64(s)),
+        _ => Err(format!(
+            "expected seconds, more than 0 and at most 3600, got {raw:?}"
+        )),
+    }
 }
 
 /// `--id`, checked against the event contract before anything connects.
@@ -392,11 +406,24 @@ async fn publish(config: &Config, args: PublishArgs) -> Result<(), String> {
     if event.producer_id.is_none() {
         event.producer_id = Some(uuid::Uuid::now_v7().to_string());
     }
-    let emitter = webhookd_client::Emitter::connect(&config.amqp_url, &config.exchange)
-        .await
-        .map_err(|e| e.to_string())?
-        .with_catalog((*config.catalog).clone());
-    emitter.publish(&event).await.map_err(|e| e.to_string())?;
-    println!("{}", event.producer_id.unwrap_or_default());
+    let id = event.producer_id.clone().unwrap_or_default();
+    let publishing = async {
+        let emitter = webhookd_client::Emitter::connect(&config.amqp_url, &config.exchange)
+            .await
+            .map_err(|e| e.to_string())?
+            .with_catalog((*config.catalog).clone());
+        emitter.publish(&event).await.map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(args.timeout, publishing).await {
+        Ok(published) => published?,
+        Err(_) => {
+            return Err(format!(
+                "the broker did not confirm the event within {:?}: it may or may not be stored; publishing \
+                 it again with the id {id:?} delivers it once",
+                args.timeout
+            ))
+        }
+    }
+    println!("{id}");
     Ok(())
 }
