@@ -553,10 +553,22 @@ async fn a_broker_that_never_finishes_the_handshake_is_given_up_on_and_tried_aga
         error.contains("did not open the session") && error.contains("20s"),
         "{given_up}"
     );
+    // The abandoned attempt's connection is closed, and its I/O thread gone: a broker that stays silent for
+    // hours must not collect a connection (and the worker a thread) for every attempt.
+    proxy.wait_closed_by_client(1, Duration::from_secs(5)).await;
     wait_for("a second attempt", Duration::from_secs(30), || {
         let attempts = proxy.connections();
         async move { (attempts >= 2).then_some(()) }
     })
+    .await;
+    wait_for(
+        "one lapin I/O thread, the second attempt's",
+        Duration::from_secs(5),
+        || {
+            let threads = worker.threads_named("lapin-io-loop");
+            async move { (threads == 1).then_some(()) }
+        },
+    )
     .await;
     // Once the broker answers, the stream goes through.
     proxy.restore();

@@ -78,6 +78,7 @@ pub struct Proxy {
     cut: Arc<AtomicBool>,
     stalled: tokio::sync::watch::Sender<bool>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    client_closed: Arc<AtomicUsize>,
     accept: JoinHandle<()>,
 }
 
@@ -88,8 +89,14 @@ impl Proxy {
         let cut = Arc::new(AtomicBool::new(false));
         let stalled = tokio::sync::watch::Sender::new(false);
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let client_closed = Arc::new(AtomicUsize::new(0));
         let accept = tokio::spawn({
-            let (cut, conns, stalled) = (cut.clone(), conns.clone(), stalled.clone());
+            let (cut, conns, stalled, client_closed) = (
+                cut.clone(),
+                conns.clone(),
+                stalled.clone(),
+                client_closed.clone(),
+            );
             async move {
                 while let Ok((inbound, _)) = listener.accept().await {
                     if cut.load(Ordering::SeqCst) {
@@ -97,13 +104,14 @@ impl Proxy {
                         continue;
                     }
                     let stalled = stalled.subscribe();
+                    let client_closed = client_closed.clone();
                     let task = tokio::spawn(async move {
                         if let Ok(outbound) = TcpStream::connect(target).await {
                             let (in_read, in_write) = inbound.into_split();
                             let (out_read, out_write) = outbound.into_split();
                             tokio::join!(
-                                pump(in_read, out_write, stalled.clone()),
-                                pump(out_read, in_write, stalled),
+                                pump(in_read, out_write, stalled.clone(), Some(client_closed)),
+                                pump(out_read, in_write, stalled, None),
                             );
                         }
                     });
@@ -116,8 +124,21 @@ impl Proxy {
             cut,
             stalled,
             conns,
+            client_closed,
             accept,
         }
+    }
+
+    /// Waits until the client has closed its side of `n` connections (seen even while stalled, though not
+    /// passed on until `restore`).
+    pub async fn wait_closed_by_client(&self, n: usize, deadline: Duration) {
+        let closed = &self.client_closed;
+        wait_for(
+            &format!("the client to close {n} connection(s)"),
+            deadline,
+            || async move { (closed.load(Ordering::SeqCst) >= n).then_some(()) },
+        )
+        .await
     }
 
     /// Connections accepted so far (and not dropped by `cut`).
@@ -146,22 +167,43 @@ impl Proxy {
     }
 }
 
-/// Copies `from` to `to`, holding each chunk (and the end of the stream) while the proxy is stalled.
+/// Copies `from` to `to`, holding what it reads (and the end of the stream) while the proxy is stalled; counts
+/// the end of `from` in `ended`, if given, when it is read (stalled or not).
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut stalled: tokio::sync::watch::Receiver<bool>,
+    ended: Option<Arc<AtomicUsize>>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 16 * 1024];
+    let (mut held, mut end) = (Vec::new(), false);
     loop {
-        let n = from.read(&mut buf).await.unwrap_or(0);
-        if stalled.wait_for(|s| !*s).await.is_err() {
-            return;
+        if !*stalled.borrow_and_update() {
+            if !held.is_empty() && to.write_all(&held).await.is_err() {
+                return;
+            }
+            held.clear();
+            if end {
+                let _ = to.shutdown().await;
+                return;
+            }
         }
-        if n == 0 || to.write_all(&buf[..n]).await.is_err() {
-            let _ = to.shutdown().await;
-            return;
+        tokio::select! {
+            n = from.read(&mut buf), if !end => match n {
+                Ok(n) if n > 0 => held.extend_from_slice(&buf[..n]),
+                _ => {
+                    end = true;
+                    if let Some(ended) = &ended {
+                        ended.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            },
+            changed = stalled.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
         }
     }
 }
@@ -369,6 +411,22 @@ impl WorkerProcess {
             .build()
             .unwrap();
         Self { child, lines, http }
+    }
+
+    /// How many of the process's threads are named `name` (their `comm`, as `top -H` shows them).
+    pub fn threads_named(&self, name: &str) -> usize {
+        let Some(pid) = self.child.id() else {
+            return 0;
+        };
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return 0;
+        };
+        tasks
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+            })
+            .count()
     }
 
     /// The JSON log lines printed so far whose `message` is `message`.

@@ -1,10 +1,12 @@
 //! RabbitMQ for webhookd: the topology, confirmed publishing, and the retry task message.
 
+mod handshake_socket;
 pub mod inbound;
 pub mod publisher;
 pub mod retry_task;
 pub mod topology;
 
+use handshake_socket::{AbandonOnDrop, HandshakeSocket};
 pub use inbound::{Inbound, QueueKind};
 pub use publisher::{ConfirmedPublisher, PublishError};
 pub use retry_task::RetryTask;
@@ -19,12 +21,42 @@ pub const FRAME_MAX: u32 = 16 * 1024;
 /// AMQP 0-9-1's smallest frame size; a broker refuses a connection that proposes less.
 const FRAME_MIN: u32 = 4096;
 
-/// Connects to RabbitMQ at `url` (an `amqp://` URL), naming the connection for the management UI.
+/// Connects to RabbitMQ at `url` (an `amqp://` URL), naming the connection for the management UI. If the
+/// returned future is dropped, or fails, before the handshake is over, the socket is closed (see
+/// the `handshake_socket` module): a caller may bound it with a timeout without leaving a connection behind.
 pub async fn connect(url: &str, name: &str) -> lapin::Result<lapin::Connection> {
     let props = lapin::ConnectionProperties::default().with_connection_name(name.into());
     let uri =
         parse_url(url).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    lapin::Connection::connect_uri(uri, props).await
+    let socket = HandshakeSocket::new();
+    let abandon = AbandonOnDrop::new(&socket);
+    let keeper = socket.clone();
+    let connection = lapin::Connection::connector(
+        uri,
+        lapin::runtime::default_runtime()?,
+        async move |uri, runtime| {
+            use lapin::tcp::AMQPUriTcpExt;
+            use std::os::fd::AsFd;
+            let stream = uri.connect_async(&runtime).await?;
+            let second = match &stream {
+                lapin::AsyncTcpStream::Plain(tcp) => tcp.get_ref().as_fd().try_clone_to_owned()?,
+                _ => return Err(std::io::Error::other("only plain TCP is built in").into()),
+            };
+            if !keeper.keep(second.into()) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the connect was given up on",
+                )
+                .into());
+            }
+            Ok(stream)
+        },
+        props,
+    )
+    .await?;
+    socket.opened();
+    abandon.disarm();
+    Ok(connection)
 }
 
 /// `url` as [`connect`] uses it: parsed, proposing [`FRAME_MAX`] unless the URL sets `frame_max` (the
