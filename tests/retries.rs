@@ -665,7 +665,7 @@ async fn a_log_write_made_again_after_a_lost_reply_counts_once() {
     let client = env.pool.get().await.unwrap();
     let write = uuid::Uuid::now_v7();
     for _ in 0..2 {
-        write_attempts(&client, write, &[&row], &[], rule)
+        write_attempts(&client, write, &[&row], &[], &[], rule)
             .await
             .unwrap();
     }
@@ -685,7 +685,7 @@ async fn a_log_write_made_again_after_a_lost_reply_counts_once() {
         (1, 1),
         "the second write of the same id changed nothing"
     );
-    write_attempts(&client, uuid::Uuid::now_v7(), &[&row], &[], rule)
+    write_attempts(&client, uuid::Uuid::now_v7(), &[&row], &[], &[], rule)
         .await
         .unwrap();
     assert_eq!(counted().await, (2, 2), "another write counts");

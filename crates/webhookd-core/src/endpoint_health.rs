@@ -42,6 +42,39 @@ pub struct HealthChange {
     pub gone: bool,
 }
 
+impl HealthChange {
+    /// This change followed by `later`, a change from attempts made after this one's: one change with the
+    /// effect of both, as `summarize` would give for the attempts of both.
+    pub fn then(self, later: HealthChange) -> HealthChange {
+        HealthChange {
+            webhook_id: self.webhook_id,
+            reset: self.reset || later.reset,
+            failures: if later.reset {
+                later.failures
+            } else {
+                self.failures.saturating_add(later.failures)
+            },
+            gone: self.gone || later.gone,
+        }
+    }
+}
+
+/// The changes `earlier` followed by the changes `later`: one change per webhook, ordered by id (see
+/// `summarize`).
+pub fn fold(
+    earlier: impl IntoIterator<Item = HealthChange>,
+    later: impl IntoIterator<Item = HealthChange>,
+) -> Vec<HealthChange> {
+    let mut by_id: BTreeMap<i64, HealthChange> = BTreeMap::new();
+    for change in earlier.into_iter().chain(later) {
+        by_id
+            .entry(change.webhook_id)
+            .and_modify(|c| *c = c.then(change))
+            .or_insert(change);
+    }
+    by_id.into_values().collect()
+}
+
 /// Folds attempts, in the order they happened, into one change per webhook (ordered by id, which is also
 /// the order rows are locked in, so concurrent writers cannot deadlock each other).
 pub fn summarize(signals: impl IntoIterator<Item = (i64, HealthSignal)>) -> Vec<HealthChange> {
@@ -120,5 +153,40 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn changes_folded_in_order_are_the_change_of_all_their_attempts() {
+        // Every sequence of up to 5 signals, alternating between two webhooks, cut in two at every point.
+        let all = [Success, Failure, Gone];
+        let sequences = (0..=5u32).flat_map(|len| {
+            (0..3usize.pow(len)).map(move |mut n| {
+                (0..len)
+                    .map(|_| {
+                        let s = all[n % 3];
+                        n /= 3;
+                        s
+                    })
+                    .collect::<Vec<_>>()
+            })
+        });
+        for seq in sequences {
+            let signals: Vec<(i64, HealthSignal)> = seq
+                .iter()
+                .enumerate()
+                .map(|(n, s)| (1 + (n as i64 % 2), *s))
+                .collect();
+            for cut in 0..=signals.len() {
+                let (earlier, later) = signals.split_at(cut);
+                assert_eq!(
+                    fold(
+                        summarize(earlier.iter().copied()),
+                        summarize(later.iter().copied())
+                    ),
+                    summarize(signals.iter().copied()),
+                    "{signals:?} cut at {cut}"
+                );
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Client;
 use uuid::Uuid;
 use webhookd_core::actions::{PING, UNKNOWN_ACTION};
-use webhookd_core::endpoint_health::{summarize, HealthSignal};
+use webhookd_core::endpoint_health::{fold, summarize, HealthChange, HealthSignal};
 use webhookd_core::{AttemptReport, DeliveryId, EventId};
 
 use crate::events::{self, NewEvent};
@@ -189,12 +189,21 @@ pub struct LogWritten {
     pub disabled: Vec<Disabled>,
     /// Events it stored again because they were missing (a database crash lost their claim).
     pub restored: Vec<Uuid>,
+    /// Counter changes it did not make because another transaction held the webhook's row: for a later
+    /// write to make (passed as its `carried`), so that no row lock holds up the log.
+    pub deferred: Vec<HealthChange>,
 }
 
 /// Writes `rows` and updates the webhooks' `consecutive_failures` and `failing_since` (turning off those that
 /// meet `rule`, and those that answered 410, with the reason and time) in one statement, so one round trip
 /// and one synchronous commit, once per `write_id`: the same write made again (its first commit's reply was
 /// lost) changes nothing.
+///
+/// `carried` are counter changes earlier writes deferred (`LogWritten::deferred`), made before these rows'.
+/// A webhook row that another transaction holds (a PATCH, an operator's open transaction, a client lost
+/// mid-transaction) is not waited for: the rows are written, and its change is deferred, so that one row
+/// cannot stall the log, and with it every delivery's ack. A write made again after a lost reply
+/// (`write_id` already committed) returns no deferred changes: those its first run deferred are lost.
 ///
 /// `keep` are the events the rows, and the retry tasks that follow them, rely on. Their claims may have been
 /// committed without waiting for the WAL flush, and a database crash can lose such a commit after the claim's
@@ -206,45 +215,60 @@ pub async fn write_attempts(
     write_id: Uuid,
     rows: &[&AttemptRow],
     keep: &[&NewEvent],
+    carried: &[HealthChange],
     rule: DisableRule,
 ) -> Result<LogWritten, StoreError> {
-    let disabled = match write_once(client, write_id, rows, keep, rule).await? {
-        Once::Written(disabled) => disabled,
-        Once::AlreadyWritten => return Ok(LogWritten::default()),
-        Once::Missing(missing) => {
-            let lost: Vec<&NewEvent> = keep
-                .iter()
-                .copied()
-                .filter(|e| missing.contains(&e.id))
-                .collect();
-            // Those this insert stored (by their claim tokens): not one whose producer id another event has.
-            let stored: Vec<Uuid> = events::insert_events(client, &lost)
-                .await?
-                .iter()
-                .map(|r| r.try_get::<_, Uuid>(0))
-                .collect::<Result<_, _>>()?;
-            let restored = lost
-                .iter()
-                .filter(|e| stored.contains(&e.claim_token))
-                .map(|e| e.id)
-                .collect();
-            let disabled = match write_once(client, write_id, rows, &[], rule).await? {
-                Once::Written(disabled) => disabled,
-                Once::AlreadyWritten | Once::Missing(_) => Vec::new(),
-            };
-            return Ok(LogWritten { disabled, restored });
-        }
-    };
+    let changes = fold(
+        carried.iter().copied(),
+        summarize(
+            rows.iter()
+                .filter_map(|r| r.health.map(|h| (r.key.webhook_id, h))),
+        ),
+    );
+    let (disabled, deferred) =
+        match write_once(client, write_id, rows, keep, &changes, rule).await? {
+            Once::Written(written) => written,
+            Once::AlreadyWritten => return Ok(LogWritten::default()),
+            Once::Missing(missing) => {
+                let lost: Vec<&NewEvent> = keep
+                    .iter()
+                    .copied()
+                    .filter(|e| missing.contains(&e.id))
+                    .collect();
+                // Those this insert stored (by their claim tokens): not one whose producer id another event has.
+                let stored: Vec<Uuid> = events::insert_events(client, &lost)
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get::<_, Uuid>(0))
+                    .collect::<Result<_, _>>()?;
+                let restored = lost
+                    .iter()
+                    .filter(|e| stored.contains(&e.claim_token))
+                    .map(|e| e.id)
+                    .collect();
+                let (disabled, deferred) =
+                    match write_once(client, write_id, rows, &[], &changes, rule).await? {
+                        Once::Written(written) => written,
+                        Once::AlreadyWritten | Once::Missing(_) => Default::default(),
+                    };
+                return Ok(LogWritten {
+                    disabled,
+                    restored,
+                    deferred,
+                });
+            }
+        };
     Ok(LogWritten {
         disabled,
+        deferred,
         restored: Vec::new(),
     })
 }
 
 /// What one run of the log statement did.
 enum Once {
-    /// The rows are written; these webhooks were turned off.
-    Written(Vec<Disabled>),
+    /// The rows are written; these webhooks were turned off, and these changes deferred.
+    Written((Vec<Disabled>, Vec<HealthChange>)),
     /// A write with this id was committed before: nothing changed.
     AlreadyWritten,
     /// These events of `keep` are not stored: nothing was written.
@@ -287,8 +311,13 @@ WITH already AS (
      WHERE c.failures > 0 OR c.gone OR w.consecutive_failures <> 0 OR w.failing_since IS NOT NULL
      ORDER BY w.id
     -- Locked, so the counters are computed from the row as another transaction (a PATCH that turns the webhook
-    -- on again and resets them, another worker's write) left it, not from the statement's snapshot.
-       FOR UPDATE OF w
+    -- on again and resets them, another worker's write) left it, not from the statement's snapshot. A row
+    -- another transaction holds is skipped, not waited for: its change is deferred to a later write.
+       FOR UPDATE OF w SKIP LOCKED
+), deferred AS (
+    SELECT c.id FROM changes c JOIN webhooks w ON w.id = c.id
+     WHERE (c.failures > 0 OR c.gone OR w.consecutive_failures <> 0 OR w.failing_since IS NOT NULL)
+       AND c.id NOT IN (SELECT id FROM counted)
 ), n AS (
     SELECT counted.*,
            was_active AND (gone OR ($21::int4 > 0 AND counter >= $21
@@ -309,7 +338,8 @@ WITH already AS (
      WHERE w.id = n.id
  RETURNING w.id, w.consecutive_failures, n.turned_off, w.disabled_reason
 )
-SELECT EXISTS (SELECT 1 FROM mark), ARRAY(SELECT id FROM missing), off.ids, off.counts, off.reasons
+SELECT EXISTS (SELECT 1 FROM mark), ARRAY(SELECT id FROM missing), off.ids, off.counts, off.reasons,
+       ARRAY(SELECT id FROM deferred)
   FROM (SELECT coalesce(array_agg(id ORDER BY id), '{}'),
                coalesce(array_agg(consecutive_failures ORDER BY id), '{}'),
                coalesce(array_agg(coalesce(disabled_reason, '') ORDER BY id), '{}')
@@ -320,6 +350,7 @@ async fn write_once(
     write_id: Uuid,
     rows: &[&AttemptRow],
     keep: &[&NewEvent],
+    changes: &[HealthChange],
     rule: DisableRule,
 ) -> Result<Once, StoreError> {
     let keep_ids: Vec<Uuid> = keep.iter().map(|e| e.id).collect();
@@ -337,10 +368,6 @@ async fn write_once(
     let errors: Vec<Option<&str>> = rows.iter().map(|r| r.error.as_deref()).collect();
     let excerpts: Vec<Option<&str>> = rows.iter().map(|r| r.response_excerpt.as_deref()).collect();
     let next: Vec<Option<DateTime<Utc>>> = rows.iter().map(|r| r.next_attempt_at).collect();
-    let changes = summarize(
-        rows.iter()
-            .filter_map(|r| r.health.map(|h| (r.key.webhook_id, h))),
-    );
     let ids: Vec<i64> = changes.iter().map(|c| c.webhook_id).collect();
     let resets: Vec<bool> = changes.iter().map(|c| c.reset).collect();
     let failures: Vec<i32> = changes.iter().map(|c| c.failures).collect();
@@ -387,18 +414,23 @@ async fn write_once(
     let off_ids: Vec<i64> = row.try_get(2)?;
     let off_counts: Vec<i32> = row.try_get(3)?;
     let off_reasons: Vec<String> = row.try_get(4)?;
-    Ok(Once::Written(
-        off_ids
-            .into_iter()
-            .zip(off_counts)
-            .zip(off_reasons)
-            .map(|((webhook_id, consecutive_failures), reason)| Disabled {
-                webhook_id,
-                consecutive_failures,
-                reason,
-            })
-            .collect(),
-    ))
+    let deferred_ids: Vec<i64> = row.try_get(5)?;
+    let disabled = off_ids
+        .into_iter()
+        .zip(off_counts)
+        .zip(off_reasons)
+        .map(|((webhook_id, consecutive_failures), reason)| Disabled {
+            webhook_id,
+            consecutive_failures,
+            reason,
+        })
+        .collect();
+    let deferred = changes
+        .iter()
+        .filter(|c| deferred_ids.contains(&c.webhook_id))
+        .copied()
+        .collect();
+    Ok(Once::Written((disabled, deferred)))
 }
 
 /// One logged attempt, as the API shows it.

@@ -1,12 +1,14 @@
 //! The delivery-log writer: commits attempt rows in batches, with the webhooks' failure counters, and makes
 //! the events they rely on durable.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use uuid::Uuid;
+use webhookd_core::endpoint_health::{fold, HealthChange};
 use webhookd_store::delivery_log::{self, AttemptRow, DisableRule, LogWritten};
 use webhookd_store::events::NewEvent;
-use webhookd_store::{Pool, StoreError};
+use webhookd_store::{ErrorClass, Pool, StoreError};
 
 use crate::batcher::{record_db_health, Flush};
 
@@ -22,12 +24,52 @@ pub(crate) struct LogRequest {
 pub(crate) struct LogWriter {
     pool: Pool,
     rule: DisableRule,
+    carried: Mutex<Carried>,
+}
+
+/// Counter changes a write deferred because another transaction held the webhook's row: the next write makes
+/// them (one change per webhook, however long the row stays held).
+#[derive(Default)]
+struct Carried {
+    /// For the next write.
+    waiting: Vec<HealthChange>,
+    /// Given to a write that failed transiently: for its retry (same write id) alone, so that a retry whose
+    /// first run did commit does not make them twice.
+    in_flight: HashMap<Uuid, Vec<HealthChange>>,
 }
 
 impl LogWriter {
     /// A writer on `pool` that turns webhooks off by `rule`.
     pub(crate) fn new(pool: Pool, rule: DisableRule) -> Self {
-        Self { pool, rule }
+        Self {
+            pool,
+            rule,
+            carried: Mutex::default(),
+        }
+    }
+
+    fn carried(&self) -> MutexGuard<'_, Carried> {
+        self.carried.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The changes write `write_id` makes before its rows': those its failed first run had, or else all those
+    /// waiting.
+    fn take_carried(&self, write_id: Uuid) -> Vec<HealthChange> {
+        let mut carried = self.carried();
+        match carried.in_flight.remove(&write_id) {
+            Some(changes) => changes,
+            None => std::mem::take(&mut carried.waiting),
+        }
+    }
+
+    /// Puts `changes`, older than those waiting, back for the next write.
+    fn defer(&self, changes: Vec<HealthChange>) {
+        if changes.is_empty() {
+            return;
+        }
+        let mut carried = self.carried();
+        let waiting = std::mem::take(&mut carried.waiting);
+        carried.waiting = fold(changes, waiting);
     }
 }
 
@@ -41,13 +83,31 @@ impl Flush for LogWriter {
             .iter()
             .flat_map(|r| r.keep.iter().map(|e| &**e))
             .collect();
+        let carried = self.take_carried(write_id);
         let written = record_db_health(
             async {
                 let client = self.pool.get().await?;
-                delivery_log::write_attempts(&client, write_id, &rows, &keep, self.rule).await
+                delivery_log::write_attempts(&client, write_id, &rows, &keep, &carried, self.rule)
+                    .await
             }
             .await,
-        )?;
+        );
+        let written = match written {
+            Ok(written) => written,
+            Err(e) => {
+                if e.class() == ErrorClass::Transient {
+                    self.carried().in_flight.insert(write_id, carried);
+                } else {
+                    self.defer(carried);
+                }
+                return Err(e);
+            }
+        };
+        if !written.deferred.is_empty() {
+            tracing::debug!(webhooks = written.deferred.len(),
+                "webhook rows held by another transaction; their failure counters are updated by a later write");
+        }
+        self.defer(written.deferred.clone());
         webhookd_metrics::LOG_ROWS.inc_by(rows.len() as u64);
         webhookd_metrics::LOG_BATCH.observe(rows.len() as f64);
         report(&written);
@@ -81,6 +141,7 @@ mod tests {
     use super::*;
     use crate::batcher::write_isolating;
     use crate::test_support::{refusing_trigger, TestDb};
+    use webhookd_core::endpoint_health::HealthSignal;
     use webhookd_core::{AttemptReport, AttemptResult, EventId};
     use webhookd_metrics::WriterProgress;
     use webhookd_store::delivery_log::{DeliveryKey, Outcome};
@@ -160,82 +221,109 @@ mod tests {
             .await
             .unwrap();
         let (write, fine) = (uuid::Uuid::now_v7(), row("fine"));
-        let first =
-            delivery_log::write_attempts(&client, write, &[&fine], &[&event], DisableRule::NEVER)
-                .await
-                .unwrap();
+        let (rows, keep) = ([&fine], [&event]);
+        let write_it =
+            || delivery_log::write_attempts(&client, write, &rows, &keep, &[], DisableRule::NEVER);
+        let first = write_it().await.unwrap();
         assert!(first.restored.is_empty());
         // Retention deleted the event since; the same write, made again (its reply was lost), finds its id.
         db.execute(&format!("DELETE FROM events WHERE id = '{}'", event.id))
             .await;
-        let again =
-            delivery_log::write_attempts(&client, write, &[&fine], &[&event], DisableRule::NEVER)
-                .await
-                .unwrap();
+        let again = write_it().await.unwrap();
         assert_eq!(again, LogWritten::default());
         assert_eq!(db.count("SELECT count(*) FROM events").await, 0);
         assert_eq!(db.count("SELECT count(*) FROM delivery_attempts").await, 1);
     }
 
+    /// A row of `webhook` whose attempt says `signal`.
+    fn attempt_of(webhook: i64, signal: HealthSignal) -> LogRequest {
+        let mut row = row("answer");
+        row.key = DeliveryKey::new(EventId::new(), webhook, 1, "PROJECT_DELETED", 0, None);
+        if signal != HealthSignal::Success {
+            row.outcome = Outcome::Failed;
+        }
+        row.health = Some(signal);
+        LogRequest {
+            rows: vec![row],
+            keep: Vec::new(),
+        }
+    }
+
     #[tokio::test]
-    async fn a_failure_counted_while_a_patch_resets_the_webhook_counts_from_the_reset() {
+    async fn a_webhook_row_held_by_another_transaction_holds_up_no_write_and_is_counted_once_free()
+    {
         let db = TestDb::new().await;
         let mut client = db.pool.get().await.unwrap();
         let new = webhookd_store::webhooks::NewWebhook::new(1, None, "http://127.0.0.1:9/x");
-        let (id, _) = webhookd_store::webhooks::create_webhook(&mut client, &new)
-            .await
-            .unwrap();
-        db.execute(&format!(
-            "UPDATE webhooks SET consecutive_failures = 5, failing_since = now() WHERE id = {id}"
-        ))
-        .await;
-        // A PATCH turning it on again, its transaction still open while a log write counts a failure.
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let (id, _) = webhookd_store::webhooks::create_webhook(&mut client, &new)
+                .await
+                .unwrap();
+            ids.push(id);
+        }
+        let (held, other) = (ids[0], ids[1]);
+        for id in [held, other] {
+            db.execute(&format!(
+                "UPDATE webhooks SET consecutive_failures = 5, failing_since = now() WHERE id = {id}"
+            ))
+            .await;
+        }
+        // A PATCH turning `held` on again, its transaction open (a slow client, an operator's session, a
+        // client lost mid-transaction) while failures of both webhooks are logged.
         let mut patch = db.pool.get().await.unwrap();
         let tx = patch.transaction().await.unwrap();
         tx.execute(
             "UPDATE webhooks SET consecutive_failures = 0, failing_since = NULL WHERE id = $1",
-            &[&id],
+            &[&held],
         )
         .await
         .unwrap();
-        let mut failed = row("down");
-        failed.key = DeliveryKey::new(EventId::new(), id, 1, "PROJECT_DELETED", 0, None);
-        failed.outcome = Outcome::Failed;
-        failed.health = Some(webhookd_core::endpoint_health::HealthSignal::Failure);
-        let write = tokio::spawn(async move {
-            delivery_log::write_attempts(
-                &client,
-                uuid::Uuid::now_v7(),
-                &[&failed],
-                &[],
-                DisableRule::NEVER,
-            )
-            .await
-            .map(drop)
-        });
-        // The write waits for the PATCH's row lock, then the PATCH commits.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while db
-            .count("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")
-            .await
-            == 0
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the write never waited"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        let writer = LogWriter::new(db.pool.clone(), DisableRule::NEVER);
+        let progress = WriterProgress::new("delivery_log");
+        let batch = [
+            attempt_of(held, HealthSignal::Failure),
+            attempt_of(other, HealthSignal::Failure),
+        ];
+        let written = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            write_isolating(&writer, &batch, &progress),
+        )
+        .await
+        .expect("the write waited for the held row");
+        assert!(written.iter().all(Result::is_ok));
+        assert_eq!(db.count("SELECT count(*) FROM delivery_attempts").await, 2);
+        let failures = |id: i64| {
+            let db = &db;
+            async move {
+                db.count(&format!(
+                    "SELECT consecutive_failures::int8 FROM webhooks WHERE id = {id}"
+                ))
+                .await
+            }
+        };
+        assert_eq!(failures(other).await, 6, "the free row is counted at once");
+        // Once the PATCH commits, the next write counts the deferred failure after its reset: 0 + 1 + 1, even
+        // though its first run fails (a serialization failure, retried under the same write id).
         tx.commit().await.unwrap();
-        write.await.unwrap().unwrap();
+        db.execute("CREATE SEQUENCE flaky").await;
+        let once = "NEW.response_excerpt = 'flaky' AND nextval('flaky') = 1";
+        db.execute(&refusing_trigger("delivery_attempts", once, "40001"))
+            .await;
+        let mut next = attempt_of(held, HealthSignal::Failure);
+        next.rows[0].response_excerpt = Some("flaky".into());
+        assert!(write_isolating(&writer, &[next], &progress).await[0].is_ok());
         assert_eq!(
-            db.count(&format!(
-                "SELECT consecutive_failures::int8 FROM webhooks WHERE id = {id}"
-            ))
-            .await,
-            1,
-            "one failure after the reset, not 5 + 1"
+            db.count("SELECT last_value FROM flaky").await,
+            2,
+            "the first run failed"
         );
+        assert_eq!(
+            failures(held).await,
+            2,
+            "counted from the PATCH's reset, each failure once"
+        );
+        assert_eq!(failures(other).await, 6);
     }
 
     #[tokio::test]

@@ -119,6 +119,7 @@ pub async fn test(
         uuid::Uuid::now_v7(),
         &[&row],
         &[],
+        &[],
         DisableRule::NEVER,
     )
     .await?;
