@@ -367,3 +367,74 @@ async fn one_organizations_slow_retries_do_not_hold_back_anothers_due_retry() {
     );
     worker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_row_held_by_a_transaction_holds_up_no_other_delivery() {
+    let env = TestEnv::new(|_| {}).await;
+    let rx = Receiver::start().await;
+    rx.script("/down", |_| (500, vec![], Duration::ZERO));
+    let (held, _) = env.webhook(NewWebhook::new(1, None, rx.url("/down"))).await;
+    let (up, _) = env.webhook(NewWebhook::new(2, None, rx.url("/up"))).await;
+    // A transaction holds organization 1's webhook row, and stays open: an operator's `BEGIN`, or a client
+    // lost mid-transaction, which PostgreSQL keeps until TCP keepalive notices.
+    let mut holder = env.pool.get().await.unwrap();
+    let tx = holder.transaction().await.unwrap();
+    tx.execute("SELECT 1 FROM webhooks WHERE id = $1 FOR UPDATE", &[&held])
+        .await
+        .unwrap();
+    let worker = env.start_worker().await;
+    for n in 0..20 {
+        for org in [1, 2] {
+            env.publish(&envelope(
+                org,
+                "PROJECT_DELETED",
+                None,
+                json!({"project": {"id": n}}),
+            ))
+            .await;
+        }
+    }
+    // Organization 2's deliveries are made and logged (so acked), and so are organization 1's failures,
+    // while the row is held.
+    let logged = |webhook: i64, outcome: &'static str| {
+        let env = &env;
+        async move {
+            env.attempts()
+                .await
+                .iter()
+                .filter(|a| a.0 == webhook && a.2 == outcome)
+                .count()
+        }
+    };
+    wait_for(
+        "organization 2's 20 deliveries logged",
+        DEADLINE,
+        || async { (logged(up, "succeeded").await == 20).then_some(()) },
+    )
+    .await;
+    wait_for("organization 1's 20 failures logged", DEADLINE, || async {
+        (logged(held, "failed").await >= 20).then_some(())
+    })
+    .await;
+    assert_eq!(rx.requests("/up").len(), 20);
+    // Once the row is free, its failures are counted, each once, though no attempt of it comes any more
+    // (each event's last attempt, `dead`, is a failure too).
+    wait_for("organization 1's last attempts", DEADLINE, || async {
+        (logged(held, "dead").await == 20).then_some(())
+    })
+    .await;
+    tx.commit().await.unwrap();
+    wait_for("organization 1's failures counted", DEADLINE, || async {
+        let failed = (logged(held, "failed").await + logged(held, "dead").await) as i32;
+        let counted: i32 = env
+            .query(
+                "SELECT consecutive_failures FROM webhooks WHERE id = $1",
+                &[&held],
+            )
+            .await[0]
+            .get(0);
+        (counted == failed && failed == 60).then_some(())
+    })
+    .await;
+    worker.stop().await;
+}

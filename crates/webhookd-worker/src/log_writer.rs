@@ -10,7 +10,11 @@ use webhookd_store::delivery_log::{self, AttemptRow, DisableRule, LogWritten};
 use webhookd_store::events::NewEvent;
 use webhookd_store::{ErrorClass, Pool, StoreError};
 
-use crate::batcher::{record_db_health, Flush};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::batcher::{record_db_health, Batcher, Flush};
 
 /// What one handler logs.
 pub(crate) struct LogRequest {
@@ -24,7 +28,7 @@ pub(crate) struct LogRequest {
 pub(crate) struct LogWriter {
     pool: Pool,
     rule: DisableRule,
-    carried: Mutex<Carried>,
+    carried: Arc<Mutex<Carried>>,
 }
 
 /// Counter changes a write deferred because another transaction held the webhook's row: the next write makes
@@ -44,12 +48,18 @@ impl LogWriter {
         Self {
             pool,
             rule,
-            carried: Mutex::default(),
+            carried: Arc::default(),
         }
     }
 
+    /// Whether changes wait for a write: the worker submits an empty request when they do and no traffic
+    /// comes (see `apply_deferred`).
+    pub(crate) fn deferred(&self) -> Deferred {
+        Deferred(self.carried.clone())
+    }
+
     fn carried(&self) -> MutexGuard<'_, Carried> {
-        self.carried.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.carried)
     }
 
     /// The changes write `write_id` makes before its rows': those its failed first run had, or else all those
@@ -117,6 +127,50 @@ impl Flush for LogWriter {
     fn bytes(req: &LogRequest) -> usize {
         const PER_EVENT: usize = 16;
         req.rows.iter().map(AttemptRow::bytes).sum::<usize>() + PER_EVENT * req.keep.len()
+    }
+}
+
+fn lock(carried: &Mutex<Carried>) -> MutexGuard<'_, Carried> {
+    carried.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A view of the changes a `LogWriter` deferred.
+#[derive(Clone)]
+pub(crate) struct Deferred(Arc<Mutex<Carried>>);
+
+impl Deferred {
+    fn waiting(&self) -> bool {
+        !lock(&self.0).waiting.is_empty()
+    }
+}
+
+/// How often deferred counter changes are looked for when no traffic writes them.
+const DEFERRED_CHECK: Duration = Duration::from_secs(1);
+
+/// Until `stop`: every second, if changes wait and nothing wrote them, submits a write of no rows to `log`,
+/// which makes them (or defers them again while their rows are still held). Without it a webhook whose row
+/// was held would keep stale counters until its next attempt.
+pub(crate) async fn apply_deferred(
+    log: Batcher<LogWriter>,
+    deferred: Deferred,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(DEFERRED_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if deferred.waiting() {
+            let empty = LogRequest {
+                rows: Vec::new(),
+                keep: Vec::new(),
+            };
+            if log.submit(empty).await.is_err() {
+                return;
+            }
+        }
     }
 }
 

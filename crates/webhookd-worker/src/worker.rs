@@ -23,7 +23,7 @@ use crate::batcher::{BatchLimits, Batcher};
 use crate::claim_writer::ClaimWriter;
 use crate::context::{Outbox, WorkerContext};
 use crate::event_path::handle_event;
-use crate::log_writer::LogWriter;
+use crate::log_writer::{apply_deferred, LogWriter};
 use crate::replay_runner::run_replays;
 use crate::retry_path::handle_retry;
 use crate::retry_scheduler::RetryScheduler;
@@ -121,14 +121,17 @@ impl Worker {
             max_consecutive_failures: settings.max_consecutive_failures,
             disable_after: settings.disable_after,
         };
-        let log = Batcher::spawn(
-            LogWriter::new(pool.clone(), rule),
-            LOG,
-            WriterProgress::new("delivery_log"),
-        );
+        let log_writer = LogWriter::new(pool.clone(), rule);
+        let deferred = log_writer.deferred();
+        let log = Batcher::spawn(log_writer, LOG, WriterProgress::new("delivery_log"));
         let ctx = Arc::new(WorkerContext::new(settings, cache, pool, claims, log)?);
         let background = CancellationToken::new();
         spawn_background(&ctx, &background);
+        tokio::spawn(apply_deferred(
+            ctx.log.clone(),
+            deferred,
+            background.clone(),
+        ));
         Ok(Self {
             ctx,
             background,
