@@ -313,7 +313,7 @@ WITH already AS (
     -- Locked, so the counters are computed from the row as another transaction (a PATCH that turns the webhook
     -- on again and resets them, another worker's write) left it, not from the statement's snapshot. A row
     -- another transaction holds is skipped, not waited for: its change is deferred to a later write.
-       FOR UPDATE OF w SKIP LOCKED
+       FOR NO KEY UPDATE OF w SKIP LOCKED
 ), deferred AS (
     SELECT c.id FROM changes c JOIN webhooks w ON w.id = c.id
      WHERE (c.failures > 0 OR c.gone OR w.consecutive_failures <> 0 OR w.failing_since IS NOT NULL)
