@@ -3,16 +3,14 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use webhookd_core::endpoint_health::{fold, HealthChange};
 use webhookd_store::delivery_log::{self, AttemptRow, DisableRule, LogWritten};
 use webhookd_store::events::NewEvent;
 use webhookd_store::{ErrorClass, Pool, StoreError};
-
-use std::time::Duration;
-
-use tokio_util::sync::CancellationToken;
 
 use crate::batcher::{record_db_health, Batcher, Flush};
 
@@ -102,7 +100,7 @@ impl Flush for LogWriter {
             }
             .await,
         );
-        let written = match written {
+        let mut written = match written {
             Ok(written) => written,
             Err(e) => {
                 if e.class() == ErrorClass::Transient {
@@ -117,7 +115,7 @@ impl Flush for LogWriter {
             tracing::debug!(webhooks = written.deferred.len(),
                 "webhook rows held by another transaction; their failure counters are updated by a later write");
         }
-        self.defer(written.deferred.clone());
+        self.defer(std::mem::take(&mut written.deferred));
         webhookd_metrics::LOG_ROWS.inc_by(rows.len() as u64);
         webhookd_metrics::LOG_BATCH.observe(rows.len() as f64);
         report(&written);
@@ -378,6 +376,38 @@ mod tests {
             "counted from the PATCH's reset, each failure once"
         );
         assert_eq!(failures(other).await, 6);
+    }
+
+    #[tokio::test]
+    async fn a_retry_whose_first_run_committed_makes_its_carried_changes_no_more_and_leaves_the_others(
+    ) {
+        let db = TestDb::new().await;
+        let mut client = db.pool.get().await.unwrap();
+        let new = webhookd_store::webhooks::NewWebhook::new(1, None, "http://127.0.0.1:9/x");
+        let (id, _) = webhookd_store::webhooks::create_webhook(&mut client, &new)
+            .await
+            .unwrap();
+        let failures = |n| HealthChange {
+            webhook_id: id,
+            reset: false,
+            failures: n,
+            gone: false,
+        };
+        let writer = LogWriter::new(db.pool.clone(), DisableRule::NEVER);
+        let batch = [attempt_of(id, HealthSignal::Failure)];
+        let write = uuid::Uuid::now_v7();
+        // The first run commits (its reply lost, as the retry below assumes): one failure.
+        writer.flush(&batch, write).await.unwrap();
+        // Its retry holds what the first run carried (already made), and 5 more wait for the next write.
+        writer.carried().in_flight.insert(write, vec![failures(1)]);
+        writer.defer(vec![failures(5)]);
+        writer.flush(&batch, write).await.unwrap();
+        let query = format!("SELECT consecutive_failures::int8 FROM webhooks WHERE id = {id}");
+        let counted = || db.count(&query);
+        assert_eq!(counted().await, 1, "the retry made nothing again");
+        assert_eq!(writer.carried().waiting, vec![failures(5)]);
+        writer.flush(&[], uuid::Uuid::now_v7()).await.unwrap();
+        assert_eq!(counted().await, 6, "the next write made the waiting ones");
     }
 
     #[tokio::test]

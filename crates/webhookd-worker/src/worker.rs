@@ -23,7 +23,7 @@ use crate::batcher::{BatchLimits, Batcher};
 use crate::claim_writer::ClaimWriter;
 use crate::context::{Outbox, WorkerContext};
 use crate::event_path::handle_event;
-use crate::log_writer::{apply_deferred, LogWriter};
+use crate::log_writer::{apply_deferred, Deferred, LogWriter};
 use crate::replay_runner::run_replays;
 use crate::retry_path::handle_retry;
 use crate::retry_scheduler::RetryScheduler;
@@ -126,12 +126,7 @@ impl Worker {
         let log = Batcher::spawn(log_writer, LOG, WriterProgress::new("delivery_log"));
         let ctx = Arc::new(WorkerContext::new(settings, cache, pool, claims, log)?);
         let background = CancellationToken::new();
-        spawn_background(&ctx, &background);
-        tokio::spawn(apply_deferred(
-            ctx.log.clone(),
-            deferred,
-            background.clone(),
-        ));
+        spawn_background(&ctx, deferred, &background);
         Ok(Self {
             ctx,
             background,
@@ -295,8 +290,9 @@ impl Worker {
 }
 
 /// The tasks that run beside the consumers until `stop`: the subscription cache's listener, retention, the
-/// replay runner, and the writers' stall signal.
-fn spawn_background(ctx: &Arc<WorkerContext>, stop: &CancellationToken) {
+/// replay runner, the writers' stall signal, and the writer of the log's `deferred` counter changes.
+fn spawn_background(ctx: &Arc<WorkerContext>, deferred: Deferred, stop: &CancellationToken) {
+    tokio::spawn(apply_deferred(ctx.log.clone(), deferred, stop.clone()));
     let settings = &ctx.settings;
     tokio::spawn(keep_current(
         ctx.cache.clone(),
