@@ -15,9 +15,13 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation, Connection};
 use serde_json::{json, Value};
+use std::process::Stdio;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::procstat;
 use crate::publish::{envelope, unix_micros, webhook_body};
 use crate::receiver::{Behavior, Receiver};
 use crate::report::{round, Percentiles};
@@ -420,22 +424,51 @@ pub struct AmqpLatency {
     pub received: u64,
     /// Publisher's timestamp → consumer, milliseconds.
     pub latency: Option<Percentiles>,
+    /// The consumer process's CPU time from its `ready` to its last ack, seconds.
+    pub consumer_cpu_s: f64,
+    /// The consumer process's context switches over the same span, all its threads.
+    pub consumer_switches: procstat::Switches,
 }
 
 impl AmqpLatency {
+    /// The consumer's CPU seconds per 10,000 messages: the floor under the worker's CPU per 10,000
+    /// deliveries at the same rate.
+    pub fn cpu_s_per_10k(&self) -> Option<f64> {
+        (self.received > 0).then(|| self.consumer_cpu_s * 10_000.0 / self.received as f64)
+    }
+
+    /// The consumer's context switches per message: (voluntary, involuntary).
+    pub fn switches_per_message(&self) -> Option<(f64, f64)> {
+        let n = self.received as f64;
+        (self.received > 0).then(|| {
+            (
+                self.consumer_switches.voluntary as f64 / n,
+                self.consumer_switches.involuntary as f64 / n,
+            )
+        })
+    }
+
     /// As JSON.
     pub fn to_json(&self) -> Value {
         json!({
             "rate": self.rate,
             "received": self.received,
             "latency_ms": self.latency.map(Percentiles::to_json),
+            "consumer_cpu_s": round(self.consumer_cpu_s, 3),
+            "consumer_cpu_s_per_10k": self.cpu_s_per_10k().map(|v| round(v, 3)),
+            "consumer_switches_per_message": self.switches_per_message().map(|(v, i)| json!({
+                "voluntary": round(v, 2),
+                "involuntary": round(i, 2),
+            })),
         })
     }
 }
 
 /// Publishes `rate` persistent messages a second for `secs` seconds (the bench's publisher, the workers'
 /// message size) through a throwaway fanout exchange to a throwaway quorum queue, as the worker's work
-/// queue is, and times each from its timestamp to its arrival at one consumer (prefetch 256, acks).
+/// queue is, and times each from its timestamp to its arrival at one consumer (prefetch 256, acks). The
+/// consumer runs in a child process (`webhookd-bench floor-consumer`, see [`crate::floor_consumer`]) whose
+/// CPU time and context switches are measured as the worker's are.
 pub async fn amqp_latency(rate: f64, secs: f64) -> Result<AmqpLatency, BoxError> {
     let connection = webhookd_broker::connect(AMQP_URL, "webhookd-bench-latency-floor")
         .await
@@ -511,31 +544,37 @@ async fn latency_load(
             FieldTable::default(),
         )
         .await?;
-    channel.basic_qos(256, BasicQosOptions::default()).await?;
-    let mut consumer = channel
-        .basic_consume(
-            name.into(),
-            "webhookd-bench-latency-floor".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
     let events = (rate * secs).round().max(1.0) as u64;
-    let consuming = tokio::spawn(async move {
-        let mut latencies = Vec::with_capacity(events as usize);
-        while (latencies.len() as u64) < events {
-            let delivery = match consumer.next().await {
-                Some(d) => d?,
-                None => break,
-            };
-            let now = unix_micros();
-            if let Some(sent) = sent_at_us(&delivery.data) {
-                latencies.push(now.saturating_sub(sent));
-            }
-            delivery.acker.ack(BasicAckOptions::default()).await?;
-        }
-        Ok::<_, lapin::Error>(latencies)
-    });
+    let exe = std::env::current_exe().map_err(|e| format!("finding this executable: {e}"))?;
+    let mut child = Command::new(exe)
+        .arg("floor-consumer")
+        .arg("--queue")
+        .arg(name)
+        .arg("--count")
+        .arg(events.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("starting the latency floor's consumer process: {e}"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or("the latency floor's consumer has no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = within(
+        Duration::from_secs(20),
+        "the latency floor's consumer registering",
+        lines.next_line(),
+    )
+    .await??;
+    if ready.as_deref() != Some(crate::floor_consumer::READY) {
+        let status = child.wait().await;
+        return Err(format!(
+            "the latency floor's consumer did not start (it said {ready:?}, and ended: {status:?})"
+        )
+        .into());
+    }
     let plan = crate::publish::Plan {
         exchange: name.to_owned(),
         tag: name.to_owned(),
@@ -546,19 +585,58 @@ async fn latency_load(
         window: 256,
     };
     crate::publish::publish(connection, &plan).await?;
-    let latencies = tokio::time::timeout(Duration::from_secs(30), consuming)
-        .await
-        .map_err(|_| "the latency floor's consumer did not get every message within 30 s")?
-        .map_err(|e| format!("the latency floor's consumer failed: {e}"))??;
+    let line = within(
+        Duration::from_secs(30),
+        "the latency floor's consumer getting every message",
+        lines.next_line(),
+    )
+    .await??
+    .ok_or("the latency floor's consumer ended without its figures")?;
+    let status = within(CLOSE, "the latency floor's consumer exiting", child.wait()).await??;
+    if !status.success() {
+        return Err(format!("the latency floor's consumer failed: {status}").into());
+    }
+    let figures = FloorFigures::parse(&line).ok_or_else(|| {
+        format!("the latency floor's consumer's figures are not as expected: {line:.200}")
+    })?;
     Ok(AmqpLatency {
         rate,
-        received: latencies.len() as u64,
-        latency: Percentiles::of_micros(latencies),
+        received: figures.latencies_us.len() as u64,
+        latency: Percentiles::of_micros(figures.latencies_us),
+        consumer_cpu_s: figures.cpu_s,
+        consumer_switches: figures.switches,
     })
 }
 
+/// What `webhookd-bench floor-consumer` prints when done.
+#[derive(Debug, PartialEq)]
+struct FloorFigures {
+    latencies_us: Vec<u64>,
+    cpu_s: f64,
+    switches: procstat::Switches,
+}
+
+impl FloorFigures {
+    fn parse(line: &str) -> Option<Self> {
+        let v: Value = serde_json::from_str(line).ok()?;
+        let latencies_us = v["latencies_us"]
+            .as_array()?
+            .iter()
+            .map(Value::as_u64)
+            .collect::<Option<Vec<u64>>>()?;
+        Some(FloorFigures {
+            latencies_us,
+            cpu_s: v["cpu_s"].as_f64()?,
+            switches: procstat::Switches {
+                voluntary: v["voluntary"].as_u64()?,
+                involuntary: v["involuntary"].as_u64()?,
+            },
+        })
+    }
+}
+
 /// The `sent_at_us` stamp of a bench envelope.
-fn sent_at_us(body: &[u8]) -> Option<u64> {
+pub fn sent_at_us(body: &[u8]) -> Option<u64> {
     const KEY: &[u8] = b"\"sent_at_us\":";
     let at = body.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
     let digits: &[u8] = &body[at..];
@@ -572,6 +650,27 @@ fn sent_at_us(body: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_floor_consumers_figures_are_read_back() {
+        let line = r#"{"latencies_us":[1200,900],"cpu_s":0.25,"voluntary":7,"involuntary":3}"#;
+        assert_eq!(
+            FloorFigures::parse(line),
+            Some(FloorFigures {
+                latencies_us: vec![1200, 900],
+                cpu_s: 0.25,
+                switches: procstat::Switches {
+                    voluntary: 7,
+                    involuntary: 3
+                },
+            })
+        );
+        assert_eq!(
+            FloorFigures::parse(r#"{"latencies_us":[1],"cpu_s":0.1}"#),
+            None
+        );
+        assert_eq!(FloorFigures::parse("ready"), None);
+    }
 
     #[test]
     fn the_stamp_is_read_from_an_envelope() {

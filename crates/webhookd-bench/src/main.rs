@@ -11,6 +11,7 @@
 //! The worker inherits this process's environment apart from the variables a run sets (database, names,
 //! retry schedule, timeout, logging), so e.g. `WEBHOOKD_PREFETCH=64 webhookd-bench throughput` tunes it.
 
+mod floor_consumer;
 mod limits;
 mod procstat;
 mod publish;
@@ -66,6 +67,12 @@ struct Cli {
     /// `scale backlog`: events queued before the worker starts (default: the scale's).
     #[arg(long)]
     backlog_events: Option<u64>,
+    /// `floor-consumer` (run by `latency`, not by hand): the queue to consume from.
+    #[arg(long, hide = true)]
+    queue: Option<String>,
+    /// `floor-consumer`: how many messages to consume before printing the figures.
+    #[arg(long, hide = true)]
+    count: Option<u64>,
     /// `scale log`: events in the generated log; each is delivered to its organization's 10 webhooks (full
     /// scale), so the log holds about 10.3 rows per event (default: the scale's).
     #[arg(long)]
@@ -92,6 +99,9 @@ enum Scenario {
     Limits,
     Scale,
     All,
+    /// `latency`'s "RabbitMQ alone" consumer, in a process of its own (see `floor_consumer`).
+    #[value(hide = true)]
+    FloorConsumer,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -115,11 +125,13 @@ const ALL: [Scenario; 10] = [
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // The floor consumer's runtime is built as the worker's is: tokio's default number of threads (one
+    // per core, or TOKIO_WORKER_THREADS), so that the two compare under any setting.
+    if cli.scenario != Scenario::FloorConsumer {
+        builder.worker_threads(2);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("webhookd-bench: cannot start the async runtime: {e}");
@@ -130,6 +142,19 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
+    if cli.scenario == Scenario::FloorConsumer {
+        let (Some(queue), Some(count)) = (cli.queue.as_deref(), cli.count) else {
+            eprintln!("webhookd-bench: floor-consumer needs --queue and --count");
+            return ExitCode::from(2);
+        };
+        return match floor_consumer::run(queue, count).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("webhookd-bench: floor-consumer: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut scale = match cli.scale {
         ScaleArg::Tiny => Scale::tiny(),
         ScaleArg::Full => Scale::full(),
@@ -201,7 +226,7 @@ async fn run(cli: Cli) -> ExitCode {
             Scenario::Relay => one(scenarios::relay(&scale, bin).await),
             Scenario::Limits => one(scenarios::limits(&scale).await),
             Scenario::Scale => scale::run(&sizes, &parts, bin).await,
-            Scenario::All => continue,
+            Scenario::All | Scenario::FloorConsumer => continue,
         };
         match result {
             Ok(reports) => {
@@ -247,6 +272,7 @@ fn scenario_name(s: Scenario) -> &'static str {
         Scenario::Limits => "limits",
         Scenario::Scale => "scale",
         Scenario::All => "all",
+        Scenario::FloorConsumer => "floor-consumer",
     }
 }
 

@@ -245,6 +245,22 @@ pub async fn latency(scale: &Scale, bin: &Path) -> Result<Report, BoxError> {
             })
             .collect(),
     );
+    // What consuming and acking alone costs a lapin consumer process at the same rate: the floor under
+    // the worker's CPU per 10k and context switches per delivery above.
+    report.table.row(
+        "RabbitMQ alone: consumer CPU-s per 10k messages",
+        floors.iter().map(|f| num(f.cpu_s_per_10k(), 3)).collect(),
+    );
+    report.table.row(
+        "RabbitMQ alone: consumer context switches / message, voluntary / involuntary",
+        floors
+            .iter()
+            .map(|f| match f.switches_per_message() {
+                Some((v, i)) => format!("{v:.2} / {i:.2}"),
+                None => "-".to_owned(),
+            })
+            .collect(),
+    );
     Ok(report)
 }
 

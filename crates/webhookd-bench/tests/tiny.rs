@@ -133,6 +133,20 @@ fn every_scenario_runs_at_tiny_scale_and_reports_every_delivery() {
         assert!(switches["voluntary"].as_f64().unwrap_or(0.0) > 0.0, "{run}");
         assert!(switches["involuntary"].is_number(), "{run}");
     }
+    // RabbitMQ alone at each rate: every message reached the consumer process, which measured itself.
+    let floors = line("latency")["rabbitmq_alone"].clone();
+    let floors = floors.as_array().expect("RabbitMQ alone at each rate");
+    assert_eq!(floors.len(), 2, "{floors:?}");
+    for (floor, messages) in floors.iter().zip([200, 400]) {
+        assert_eq!(floor["received"], messages, "{floor}");
+        assert_eq!(floor["latency_ms"]["samples"], messages, "{floor}");
+        assert!(floor["consumer_cpu_s_per_10k"].is_number(), "{floor}");
+        let switches = &floor["consumer_switches_per_message"];
+        assert!(
+            switches["voluntary"].as_f64().unwrap_or(0.0) > 0.0,
+            "{floor}"
+        );
+    }
     let slow = line("slow-endpoint");
     let runs = slow["runs"].as_array().expect("slow-endpoint runs");
     assert_eq!(runs.len(), 2);
