@@ -361,6 +361,108 @@ async fn an_exhausted_database_pool_gives_a_503_within_the_limit() {
     assert_quick(&api, &t, "/api/webhooks/").await;
 }
 
+/// A webhook row that another transaction holds (an open `BEGIN`, a client lost mid-transaction) answers the
+/// requests that change it with a 503 within the limit, and keeps none of the pool's connections: more such
+/// requests than connections leave the API answering everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_row_held_by_another_transaction_gets_a_503_within_the_limit_and_holds_no_connection(
+) {
+    let env = TestEnv::new(|_| {}).await;
+    let api = env
+        .start_api(|s| {
+            s.pool_size = 2;
+            s.dependency_timeout = LIMIT;
+        })
+        .await;
+    let t1 = env.token(1).await;
+    let t2 = env.token(2).await;
+    let mut ids = Vec::new();
+    for t in [&t1, &t2] {
+        let (status, hook) = api
+            .call(
+                "POST",
+                "/api/webhooks/",
+                Some(t),
+                Some(&json!({"url": "http://127.0.0.1:9/hook"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{hook}");
+        ids.push(hook["id"].as_i64().unwrap_or_default());
+    }
+    let holder = env.pool.get().await.unwrap();
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM webhooks WHERE id = {} FOR UPDATE",
+            ids[0]
+        ))
+        .await
+        .unwrap();
+    // Three at once: one more than the pool's connections.
+    let patch = |body: Value| {
+        let (api, t1, path) = (&api, &t1, format!("/api/webhooks/{}/", ids[0]));
+        async move {
+            let started = Instant::now();
+            let (status, headers, body) = api
+                .call_full(
+                    "PATCH",
+                    &path,
+                    Some(t1),
+                    Some(body.to_string().into_bytes()),
+                    &[],
+                )
+                .await;
+            (status, headers, body, started.elapsed())
+        }
+    };
+    let answers = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures::future::join_all([
+            patch(json!({"is_active": false})),
+            patch(json!({"send_payload": false})),
+            patch(json!({"url": "http://127.0.0.1:9/other"})),
+        ]),
+    )
+    .await
+    .expect("the requests waited for the row as long as it was held");
+    // Each gives up on the lock, or on a connection, within the limit of each wait it makes: PostgreSQL times
+    // each lock acquisition on its own, and a request queued behind another for the same row first waits
+    // for that one's turn (in all, at most a limit per request ahead of it).
+    let mut on_the_lock = 0;
+    for (status, headers, body, took) in &answers {
+        assert_eq!(refusal(*status, headers, body, 503), 5);
+        assert!(*took <= LIMIT * 3 + MARGIN, "answered after {took:?}");
+        let detail = body["detail"].as_str().unwrap_or_default();
+        if detail.contains("Another transaction holds the rows this request needs") {
+            on_the_lock += 1;
+        } else {
+            assert!(
+                detail.contains("did not provide a connection in time"),
+                "{detail}"
+            );
+        }
+    }
+    assert!(on_the_lock >= 2, "{answers:?}");
+    assert_quick(&api, &t2, "/api/webhooks/").await;
+    let turn_off = |id: i64, token: &str| {
+        let (api, path, token) = (&api, format!("/api/webhooks/{id}/"), token.to_owned());
+        async move {
+            api.call(
+                "PATCH",
+                &path,
+                Some(&token),
+                Some(&json!({"is_active": false})),
+            )
+            .await
+        }
+    };
+    let (status, body) = turn_off(ids[1], &t2).await;
+    assert_eq!(status, 200, "another organization's webhook: {body}");
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    let (status, body) = turn_off(ids[0], &t1).await;
+    assert_eq!(status, 200, "once the row is free: {body}");
+    assert_eq!(body["is_active"], json!(false));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_pings_hold_no_database_connection_while_the_receiver_is_waited_on() {
     // Fails on the code that held a connection across the ping: with a pool of 2, two pings waiting on a

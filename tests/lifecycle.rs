@@ -13,7 +13,7 @@ use support::api::ApiClient;
 use support::receiver::Receiver;
 use support::{envelope, wait_for, TestEnv};
 use webhookd_core::RetryPolicy;
-use webhookd_store::retention::{self, RetentionSettings};
+use webhookd_store::retention::{self, PartitionStep, RetentionSettings};
 use webhookd_store::webhooks::NewWebhook;
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -150,6 +150,137 @@ async fn retention_drops_what_is_past_the_window_and_keeps_what_is_still_needed(
         .collect();
     assert_eq!(keys, ["fresh"]);
     // Partitions exist ahead: an hour from now is not in the default partition.
+    let ahead = "SELECT count(*) FROM webhookd_log_partitions()
+                  WHERE range_start <= now() + interval '1 day' AND range_end > now() + interval '1 day'";
+    assert_eq!(count(&env, ahead).await, 1);
+}
+
+/// A long reader of the delivery log (a backup, a report, a session left idle in a transaction after reading
+/// it) holds a lock that every change to the log's partitions waits for, and PostgreSQL queues the log's writes
+/// behind a change that waits: retention puts those changes off, and a worker starts and delivers, instead of
+/// every log write (and every ack) waiting for the reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_reader_of_the_log_holds_up_neither_retention_nor_deliveries() {
+    let env = TestEnv::new(|_| {}).await;
+    // Work for each step: a row in the default partition, no partitions ahead, an expired partition; and an
+    // expired event, which needs no lock on the log.
+    let setup = "
+        INSERT INTO organizations (id) VALUES (1);
+        CREATE TABLE old_log PARTITION OF delivery_attempts
+            FOR VALUES FROM (now() - interval '41 days') TO (now() - interval '40 days');
+        INSERT INTO delivery_attempts (delivery_id, event_id, webhook_id, organization, action, attempt, outcome,
+                                       duration_ms, created_at)
+        VALUES (gen_random_uuid(), gen_random_uuid(), 0, 1, 'PROJECT_DELETED', 1, 'succeeded', 1,
+                now() + interval '20 days');
+        INSERT INTO events (id, organization, action, producer_id, body, created_at)
+        VALUES ('00000000-0000-7000-8000-000000000001', 1, 'PROJECT_DELETED', 'old', '{}', now() - interval '31 days');";
+    env.pool
+        .get()
+        .await
+        .unwrap()
+        .batch_execute(setup)
+        .await
+        .unwrap();
+    let reader = env.pool.get().await.unwrap();
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM delivery_attempts")
+        .await
+        .unwrap();
+
+    // Retention while the reader reads, and log writes beside it.
+    let settings = RetentionSettings::default();
+    let mut client = env.pool.get().await.unwrap();
+    let retention = tokio::spawn(async move {
+        let run = retention::run(&mut client, &settings).await;
+        (run, client)
+    });
+    let writer = env.pool.get().await.unwrap();
+    for n in 0..10 {
+        let write = writer.execute(
+            "INSERT INTO delivery_attempts (delivery_id, event_id, webhook_id, organization, action, attempt,
+                                            outcome, duration_ms)
+             VALUES (gen_random_uuid(), gen_random_uuid(), 0, 1, 'PROJECT_DELETED', 1, 'succeeded', 1)",
+            &[],
+        );
+        tokio::time::timeout(Duration::from_secs(5), write)
+            .await
+            .unwrap_or_else(|_| panic!("log write {n} waited for the reader"))
+            .unwrap();
+    }
+    let (run, client) = tokio::time::timeout(Duration::from_secs(10), retention)
+        .await
+        .expect("retention waited for the reader")
+        .unwrap();
+    let run = run.unwrap().expect("no other retention runs");
+    assert_eq!(
+        run.postponed,
+        [
+            PartitionStep::AdoptDefaultRows,
+            PartitionStep::CreatePartitions,
+            PartitionStep::DropPartitions
+        ]
+    );
+    assert_eq!(run.events_deleted, 1, "the rest of the run is done");
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM pg_class WHERE relname = 'old_log'"
+        )
+        .await,
+        1
+    );
+
+    // A worker starts, and delivers and logs, while the reader still reads.
+    let rx = Receiver::start().await;
+    let (hook, _) = env.webhook(NewWebhook::new(1, None, rx.url("/hook"))).await;
+    let worker = tokio::time::timeout(DEADLINE, env.start_worker())
+        .await
+        .expect("the worker started while the reader reads");
+    env.publish(&event(1, 1)).await;
+    wait_for("the delivery logged", DEADLINE, || async {
+        let logged = env
+            .query(
+                "SELECT count(*) FROM delivery_attempts WHERE webhook_id = $1 AND outcome = 'succeeded'",
+                &[&hook],
+            )
+            .await[0]
+            .get::<_, i64>(0);
+        (logged == 1).then_some(())
+    })
+    .await;
+    assert_eq!(rx.requests("/hook").len(), 1);
+    worker.stop().await;
+
+    // Once the reader is done, the next run does what was put off.
+    reader.batch_execute("COMMIT").await.unwrap();
+    let client = tokio::sync::Mutex::new(client);
+    // (The stopped worker's own run may still hold retention's lock, and may be the one that does it.)
+    let run = wait_for("a retention run of this process", DEADLINE, || async {
+        retention::run(&mut *client.lock().await, &settings)
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(run.postponed, []);
+    assert_eq!(
+        count(
+            &env,
+            "SELECT count(*) FROM pg_class WHERE relname = 'old_log'"
+        )
+        .await,
+        0,
+        "the expired partition is dropped"
+    );
+    assert_eq!(
+        count(&env, "SELECT count(*) FROM delivery_attempts_default").await,
+        0,
+        "the default partition is empty"
+    );
+    assert_eq!(
+        count(&env, "SELECT count(*) FROM delivery_attempts").await,
+        12,
+        "the future row, the ten writes and the delivery, moved to partitions of their own"
+    );
     let ahead = "SELECT count(*) FROM webhookd_log_partitions()
                   WHERE range_start <= now() + interval '1 day' AND range_end > now() + interval '1 day'";
     assert_eq!(count(&env, ahead).await, 1);

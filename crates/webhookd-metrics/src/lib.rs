@@ -228,6 +228,17 @@ pub static RETENTION_REMOVED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Changes to the delivery log's partitions that retention put off to its next run because another
+/// transaction held a lock on the log for too long, by step: `adopt_default_rows`, `create_partitions`,
+/// `drop_partitions`.
+pub static RETENTION_POSTPONED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "webhookd_retention_postponed_total",
+        "Retention steps put off to the next run because another transaction held a lock on the delivery log.",
+        &["step"],
+    )
+});
+
 /// When this process last completed a retention run (Unix seconds; 0: never).
 pub static RETENTION_LAST_RUN: LazyLock<IntGauge> = LazyLock::new(|| {
     gauge(
@@ -298,6 +309,9 @@ pub fn render() -> String {
     }
     for w in ["partitions", "events", "idempotency_keys", "default_rows"] {
         RETENTION_REMOVED.with_label_values(&[w]).inc_by(0);
+    }
+    for s in ["adopt_default_rows", "create_partitions", "drop_partitions"] {
+        RETENTION_POSTPONED.with_label_values(&[s]).inc_by(0);
     }
     RETENTION_LAST_RUN.add(0);
     for r in ["fair_share", "webhook_cap"] {

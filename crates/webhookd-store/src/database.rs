@@ -111,10 +111,13 @@ pub fn pool_with_options(
 }
 
 /// A pool of `size` connections to `url` where waiting for a free connection, opening one and checking one
-/// before reuse each give up after `limit` with `PoolError::Timeout`, instead of waiting as long as it takes.
+/// before reuse each give up after `limit` with `PoolError::Timeout`, instead of waiting as long as it takes;
+/// and so does a statement's wait for a lock (`lock_timeout`: SQLSTATE 55P03), so that a row another transaction
+/// holds (an open `BEGIN`, a client lost mid-transaction) neither hangs a request nor keeps its connection.
 pub fn pool_with_timeouts(url: &str, size: usize, limit: Duration) -> Result<Pool, StoreError> {
+    let options = format!("-c lock_timeout={}ms", limit.as_millis().max(1));
     build(
-        builder(url, size, None)?
+        builder(url, size, Some(&options))?
             .wait_timeout(Some(limit))
             .create_timeout(Some(limit))
             .recycle_timeout(Some(limit))

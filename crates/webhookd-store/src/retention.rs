@@ -21,6 +21,40 @@ const BATCH: i64 = 10_000;
 pub const WRITE_IDS_KEPT: Duration = Duration::from_secs(3600);
 /// How long after its due time a failed attempt's retry counts as pending (its event is kept meanwhile).
 pub const PENDING_GRACE: Duration = Duration::from_secs(3600);
+/// How long a step that changes the delivery log's partitions waits for its lock before it is postponed to the
+/// next run: PostgreSQL queues every later log write behind a waiting DDL, so this is also the longest that
+/// retention can hold the log's writes, and every ack with them, while something else reads the log. (The same
+/// value is set on the partition functions by migration V8.)
+pub const PARTITION_LOCK_WAIT: &str = "200ms";
+/// SQLSTATE `lock_not_available`: a lock was not granted within `lock_timeout`.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// A step of retention that changes the delivery log's partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionStep {
+    /// Moving rows out of the default partition into partitions of their own.
+    AdoptDefaultRows,
+    /// Creating the partitions ahead.
+    CreatePartitions,
+    /// Dropping the partitions past the retention window.
+    DropPartitions,
+}
+
+impl PartitionStep {
+    /// The step's name in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            PartitionStep::AdoptDefaultRows => "adopt_default_rows",
+            PartitionStep::CreatePartitions => "create_partitions",
+            PartitionStep::DropPartitions => "drop_partitions",
+        }
+    }
+}
+
+/// Whether `e` is a lock not granted within `lock_timeout`: another transaction holds a lock on the table.
+pub fn is_lock_not_available(e: &StoreError) -> bool {
+    e.sqlstate() == Some(LOCK_NOT_AVAILABLE)
+}
 
 /// What to keep.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -79,6 +113,9 @@ pub struct RetentionRun {
     pub keys_deleted: u64,
     /// Log-write ids forgotten.
     pub writes_forgotten: u64,
+    /// Steps put off to the next run because another transaction held a lock on the delivery log for longer
+    /// than [`PARTITION_LOCK_WAIT`] (a long query or an open transaction that read or wrote it).
+    pub postponed: Vec<PartitionStep>,
 }
 
 /// The plain client behind a pooled one.
@@ -114,21 +151,24 @@ async fn run_locked(
     let now: DateTime<Utc> = client.query_one("SELECT now()", &[]).await?.try_get(0)?;
     let cutoff = now - chrono::Duration::from_std(settings.keep).unwrap_or(chrono::Duration::MAX);
     let mut run = RetentionRun::default();
-    let (moved, deleted) = adopt_default_rows(client, settings.partition_span, cutoff).await?;
-    run.default_rows_moved = moved;
-    run.default_rows_deleted = deleted;
-    run.partitions_created = ensure_partitions(
+    let adopted = adopt_default_rows(client, settings.partition_span, cutoff).await;
+    if let Some((moved, deleted)) = run.unless_busy(PartitionStep::AdoptDefaultRows, adopted)? {
+        run.default_rows_moved = moved;
+        run.default_rows_deleted = deleted;
+    }
+    let created = ensure_partitions(
         pg(client),
         settings.partitions_ahead(),
         settings.partition_span,
     )
-    .await?;
-    run.partitions_dropped = client
-        .query("SELECT webhookd_drop_log_partitions_before($1)", &[&cutoff])
-        .await?
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()?;
+    .await;
+    if let Some(created) = run.unless_busy(PartitionStep::CreatePartitions, created)? {
+        run.partitions_created = created;
+    }
+    let dropped = drop_partitions_before(pg(client), cutoff).await;
+    if let Some(dropped) = run.unless_busy(PartitionStep::DropPartitions, dropped)? {
+        run.partitions_dropped = dropped;
+    }
     run.events_deleted = delete_events(pg(client), cutoff).await?;
     let keys_cutoff = now
         - chrono::Duration::from_std(settings.idempotency_keys).unwrap_or(chrono::Duration::MAX);
@@ -153,6 +193,37 @@ async fn run_locked(
     Ok(run)
 }
 
+impl RetentionRun {
+    /// A step's result, or `None` when it was postponed because its lock was busy (recorded in `postponed`).
+    fn unless_busy<T>(
+        &mut self,
+        step: PartitionStep,
+        result: Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        match result {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if is_lock_not_available(&e) => {
+                self.postponed.push(step);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Drops the delivery log's partitions whose range ends before `cutoff`; returns their names.
+async fn drop_partitions_before(
+    client: &impl GenericClient,
+    cutoff: DateTime<Utc>,
+) -> Result<Vec<String>, StoreError> {
+    client
+        .query("SELECT webhookd_drop_log_partitions_before($1)", &[&cutoff])
+        .await?
+        .iter()
+        .map(|r| r.try_get(0).map_err(StoreError::from))
+        .collect()
+}
+
 /// Vacuums the tables this run deleted from, so that their space is reused by the next rows rather than the
 /// tables growing, whatever autovacuum's settings (it may be off, or behind on a busy table). A plain `VACUUM`
 /// takes no lock that stops writes, and skips the pages the visibility map says have nothing to clean.
@@ -173,7 +244,8 @@ async fn vacuum_what_shrank(
 }
 
 /// Creates the delivery log's partitions from the current one to `ahead` from now, each `span` long; returns
-/// how many it made.
+/// how many it made. Gives up with SQLSTATE 55P03 ([`is_lock_not_available`]) when another transaction holds a
+/// lock on the delivery log for longer than [`PARTITION_LOCK_WAIT`], rather than hold every log write.
 pub async fn ensure_partitions(
     client: &impl GenericClient,
     ahead: Duration,
@@ -215,9 +287,13 @@ async fn adopt_default_rows(
     .await?;
     let span_s = span.as_secs_f64();
     let tx = client.transaction().await?;
-    // No row may land in the default partition while its rows move out.
-    tx.batch_execute("LOCK TABLE delivery_attempts_default IN ACCESS EXCLUSIVE MODE")
-        .await?;
+    // No row may land in the default partition while its rows move out. The lock, and the ATTACH's on the
+    // delivery log, are waited for no longer than the partition functions' (see PARTITION_LOCK_WAIT).
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = '{PARTITION_LOCK_WAIT}';
+         LOCK TABLE delivery_attempts_default IN ACCESS EXCLUSIVE MODE"
+    ))
+    .await?;
     let ranges = tx
         .query(
             "SELECT DISTINCT date_bin(make_interval(secs => $1), created_at, timestamptz '2000-01-01 00:00:00+00')
@@ -308,6 +384,14 @@ async fn delete_in_batches(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_partition_functions_wait_for_their_lock_as_long_as_the_move_out_of_the_default_partition(
+    ) {
+        let migration = include_str!("../../../migrations/V8__partition_lock_wait.sql");
+        let set = format!("SET lock_timeout = '{PARTITION_LOCK_WAIT}'");
+        assert_eq!(migration.matches(&set).count(), 2, "{migration}");
+    }
 
     #[test]
     fn partitions_exist_ahead_and_retention_runs_often_enough_for_its_spans() {

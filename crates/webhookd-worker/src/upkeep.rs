@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use webhookd_metrics::{WriterProgress, RETENTION_LAST_RUN, RETENTION_REMOVED, RETENTION_RUNS};
+use webhookd_metrics::{
+    WriterProgress, RETENTION_LAST_RUN, RETENTION_POSTPONED, RETENTION_REMOVED, RETENTION_RUNS,
+};
 use webhookd_store::retention::{self, RetentionRun, RetentionSettings};
 use webhookd_store::{Pool, StoreError};
 
@@ -62,6 +64,19 @@ fn report(run: &RetentionRun, took: Duration) {
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default();
     RETENTION_LAST_RUN.set(now);
+    if !run.postponed.is_empty() {
+        let steps: Vec<&str> = run.postponed.iter().map(|s| s.name()).collect();
+        for step in &steps {
+            RETENTION_POSTPONED.with_label_values(&[step]).inc();
+        }
+        tracing::warn!(
+            postponed = ?steps,
+            lock_wait = retention::PARTITION_LOCK_WAIT,
+            "retention postponed changes to the delivery log's partitions to its next run: another \
+             transaction held a lock on delivery_attempts for longer than the wait (a long query or an \
+             open transaction; see pg_stat_activity)"
+        );
+    }
     tracing::info!(
         partitions_created = run.partitions_created,
         partitions_dropped = ?run.partitions_dropped,

@@ -106,11 +106,25 @@ impl Worker {
         )?;
         let cache = SubscriptionCache::default();
         cache.load_all(&pool).await?;
-        // The delivery log's partitions exist before anything is logged; retention keeps them ahead.
+        // The delivery log's partitions exist before anything is logged; retention keeps them ahead. While
+        // another transaction holds a lock on the log (a backup, a long report), the worker starts without
+        // waiting for it: rows for a range without a partition wait in the default one, and retention makes
+        // the partitions and moves those rows once it can.
         {
             let client = pool.get().await.map_err(StoreError::from)?;
             let r = &settings.retention;
-            retention::ensure_partitions(&**client, r.partitions_ahead(), r.partition_span).await?;
+            match retention::ensure_partitions(&**client, r.partitions_ahead(), r.partition_span)
+                .await
+            {
+                Ok(_) => {}
+                Err(e) if retention::is_lock_not_available(&e) => tracing::warn!(
+                    error = %e,
+                    sqlstate = e.sqlstate(),
+                    "the delivery log's partitions were not created at start-up: another transaction holds \
+                     a lock on delivery_attempts (see pg_stat_activity); retention creates them later"
+                ),
+                Err(e) => return Err(e.into()),
+            }
         }
         let claims = Batcher::spawn(
             ClaimWriter::new(claim_pool),
