@@ -132,7 +132,7 @@ fn builder(
 ) -> Result<deadpool_postgres::PoolBuilder, StoreError> {
     let mut config = with_keepalives(parse_url(url)?);
     if let Some(options) = options {
-        config.options(options);
+        with_options(&mut config, options);
     }
     if config.get_application_name().is_none() {
         config.application_name("webhookd");
@@ -158,6 +158,16 @@ fn build(builder: deadpool_postgres::PoolBuilder) -> Result<Pool, StoreError> {
         .map_err(|e| StoreError::Config(format!("cannot build the database pool: {e}")))
 }
 
+/// Adds server `options` to those the URL gives (`?options=…`), which PostgreSQL applies in order, so that
+/// an operator's settings (a `search_path`, say) are kept; the ones added here win where both set one.
+fn with_options(config: &mut tokio_postgres::Config, options: &str) {
+    let combined = match config.get_options() {
+        Some(given) if !given.trim().is_empty() => format!("{given} {options}"),
+        _ => options.to_owned(),
+    };
+    config.options(combined);
+}
+
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -165,6 +175,19 @@ fn quote_ident(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn options_are_added_to_those_of_the_url() {
+        let mut config = parse_url("postgres://u@h/db?options=-c%20search_path%3Dhooks").unwrap();
+        with_options(&mut config, "-c lock_timeout=5000ms");
+        assert_eq!(
+            config.get_options(),
+            Some("-c search_path=hooks -c lock_timeout=5000ms")
+        );
+        let mut config = parse_url("postgres://u@h/db").unwrap();
+        with_options(&mut config, "-c synchronous_commit=off");
+        assert_eq!(config.get_options(), Some("-c synchronous_commit=off"));
+    }
 
     #[test]
     fn silent_connections_are_probed_unless_the_url_says_otherwise() {

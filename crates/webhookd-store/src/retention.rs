@@ -150,11 +150,13 @@ async fn run_locked(
 ) -> Result<RetentionRun, StoreError> {
     let now: DateTime<Utc> = client.query_one("SELECT now()", &[]).await?.try_get(0)?;
     let cutoff = now - chrono::Duration::from_std(settings.keep).unwrap_or(chrono::Duration::MAX);
-    let mut run = RetentionRun::default();
-    let adopted = adopt_default_rows(client, settings.partition_span, cutoff).await;
-    if let Some((moved, deleted)) = run.unless_busy(PartitionStep::AdoptDefaultRows, adopted)? {
+    let mut run = RetentionRun {
+        default_rows_deleted: delete_expired_default_rows(pg(client), cutoff).await?,
+        ..RetentionRun::default()
+    };
+    let moved = adopt_default_rows(client, settings.partition_span).await;
+    if let Some(moved) = run.unless_busy(PartitionStep::AdoptDefaultRows, moved)? {
         run.default_rows_moved = moved;
-        run.default_rows_deleted = deleted;
     }
     let created = ensure_partitions(
         pg(client),
@@ -260,14 +262,24 @@ pub async fn ensure_partitions(
         .try_get(0)?)
 }
 
-/// Rows in the default partition (they land there when no partition covers their time, and would stop the
-/// creation of that partition): those past the window are deleted; the others move, in one transaction, to a
-/// new partition of their span, attached in place. Returns (moved, deleted).
-async fn adopt_default_rows(
-    client: &mut Client,
-    span: Duration,
+/// Deletes the rows of the default partition past the window (rows land there when no partition covers
+/// their time); returns how many.
+async fn delete_expired_default_rows(
+    client: &impl GenericClient,
     cutoff: DateTime<Utc>,
-) -> Result<(u64, u64), StoreError> {
+) -> Result<u64, StoreError> {
+    delete_in_batches(
+        client,
+        "DELETE FROM delivery_attempts_default WHERE ctid IN
+             (SELECT ctid FROM delivery_attempts_default WHERE created_at < $1 LIMIT $2)",
+        cutoff,
+    )
+    .await
+}
+
+/// The other rows in the default partition, which would stop the creation of the partition their time belongs
+/// to, move in one transaction to a new partition of their span, attached in place. Returns how many moved.
+async fn adopt_default_rows(client: &mut Client, span: Duration) -> Result<u64, StoreError> {
     let any: bool = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM delivery_attempts_default)",
@@ -276,15 +288,8 @@ async fn adopt_default_rows(
         .await?
         .try_get(0)?;
     if !any {
-        return Ok((0, 0));
+        return Ok(0);
     }
-    let deleted = delete_in_batches(
-        pg(client),
-        "DELETE FROM delivery_attempts_default WHERE ctid IN
-             (SELECT ctid FROM delivery_attempts_default WHERE created_at < $1 LIMIT $2)",
-        cutoff,
-    )
-    .await?;
     let span_s = span.as_secs_f64();
     let tx = client.transaction().await?;
     // No row may land in the default partition while its rows move out. The lock, and the ATTACH's on the
@@ -329,7 +334,7 @@ async fn adopt_default_rows(
             "delivery-log rows found in the default partition were moved to partitions of their own"
         );
     }
-    Ok((moved, deleted))
+    Ok(moved)
 }
 
 /// Deletes events past `cutoff`, in batches, but those whose retries are still pending (a failed attempt due
