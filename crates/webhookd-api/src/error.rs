@@ -77,7 +77,7 @@ impl From<webhookd_store::PoolError> for ApiError {
 impl From<webhookd_store::StoreError> for ApiError {
     fn from(e: webhookd_store::StoreError) -> Self {
         // The pool's sessions wait for a lock no longer than the dependency limit (`lock_timeout`).
-        if e.sqlstate() == Some("55P03") {
+        if e.is_lock_not_available() {
             tracing::warn!(error = %e, sqlstate = e.sqlstate(), "API request gave up waiting for a lock");
             return ApiError::Unavailable(
                 "Another transaction holds the rows this request needs, and did not release them in time. \

@@ -46,6 +46,12 @@ impl StoreError {
         }
     }
 
+    /// Whether a lock was not granted within `lock_timeout` (SQLSTATE 55P03, `lock_not_available`): another
+    /// transaction holds it.
+    pub fn is_lock_not_available(&self) -> bool {
+        self.sqlstate() == Some("55P03")
+    }
+
     /// The SQLSTATE the database answered with, if it answered.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {

@@ -26,8 +26,6 @@ pub const PENDING_GRACE: Duration = Duration::from_secs(3600);
 /// retention can hold the log's writes, and every ack with them, while something else reads the log. (The same
 /// value is set on the partition functions by migration V8.)
 pub const PARTITION_LOCK_WAIT: &str = "200ms";
-/// SQLSTATE `lock_not_available`: a lock was not granted within `lock_timeout`.
-const LOCK_NOT_AVAILABLE: &str = "55P03";
 
 /// A step of retention that changes the delivery log's partitions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,11 +47,6 @@ impl PartitionStep {
             PartitionStep::DropPartitions => "drop_partitions",
         }
     }
-}
-
-/// Whether `e` is a lock not granted within `lock_timeout`: another transaction holds a lock on the table.
-pub fn is_lock_not_available(e: &StoreError) -> bool {
-    e.sqlstate() == Some(LOCK_NOT_AVAILABLE)
 }
 
 /// What to keep.
@@ -204,7 +197,7 @@ impl RetentionRun {
     ) -> Result<Option<T>, StoreError> {
         match result {
             Ok(v) => Ok(Some(v)),
-            Err(e) if is_lock_not_available(&e) => {
+            Err(e) if e.is_lock_not_available() => {
                 self.postponed.push(step);
                 Ok(None)
             }
@@ -246,7 +239,7 @@ async fn vacuum_what_shrank(
 }
 
 /// Creates the delivery log's partitions from the current one to `ahead` from now, each `span` long; returns
-/// how many it made. Gives up with SQLSTATE 55P03 ([`is_lock_not_available`]) when another transaction holds a
+/// how many it made. Gives up with SQLSTATE 55P03 ([`StoreError::is_lock_not_available`]) when another transaction holds a
 /// lock on the delivery log for longer than [`PARTITION_LOCK_WAIT`], rather than hold every log write.
 pub async fn ensure_partitions(
     client: &impl GenericClient,

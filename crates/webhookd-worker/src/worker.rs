@@ -117,7 +117,7 @@ impl Worker {
                 .await
             {
                 Ok(_) => {}
-                Err(e) if retention::is_lock_not_available(&e) => tracing::warn!(
+                Err(e) if e.is_lock_not_available() => tracing::warn!(
                     error = %e,
                     sqlstate = e.sqlstate(),
                     "the delivery log's partitions were not created at start-up: another transaction holds \
